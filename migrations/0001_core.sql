@@ -1,0 +1,228 @@
+-- Firms, clients, the chart of accounts and the double-entry ledger.
+--
+-- Amounts are integer minor units with an ISO 4217 code; a line's sign is its side
+-- (debit positive, credit negative). Entries and lines are append-only, and every entry
+-- balances per currency when its transaction commits, whatever code wrote it.
+
+CREATE TABLE firms (
+    id          uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    name        text NOT NULL CHECK (btrim(name) <> ''),
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE clients (
+    id              uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    firm_id         uuid NOT NULL REFERENCES firms (id),
+    name            text NOT NULL CHECK (btrim(name) <> ''),
+    base_currency   char(3) NOT NULL DEFAULT 'USD' CHECK (base_currency ~ '^[A-Z]{3}$'),
+    mapping_profile jsonb NOT NULL DEFAULT '{}'::jsonb
+                    CHECK (jsonb_typeof(mapping_profile) = 'object'),
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    archived_at     timestamptz
+);
+CREATE INDEX clients_firm_idx ON clients (firm_id);
+
+CREATE TABLE accounts (
+    id           bigserial PRIMARY KEY,
+    client_id    uuid NOT NULL REFERENCES clients (id),
+    code         text NOT NULL CHECK (btrim(code) <> ''),
+    name         text NOT NULL CHECK (btrim(name) <> ''),
+    type         text NOT NULL
+                 CHECK (type IN ('asset', 'liability', 'equity', 'income', 'expense')),
+    -- A stable key for accounts the importer creates: a hash of the bank's account id,
+    -- never the account number itself.
+    external_ref text,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (client_id, code),
+    UNIQUE (client_id, external_ref)
+);
+
+CREATE TABLE ledger_imports (
+    id              bigserial PRIMARY KEY,
+    client_id       uuid REFERENCES clients (id),
+    blob_name       text NOT NULL,
+    blob_version    text NOT NULL,
+    sha256          char(64) NOT NULL,
+    size_bytes      bigint NOT NULL CHECK (size_bytes >= 0),
+    format          text,
+    status          text NOT NULL CHECK (status IN ('imported', 'rejected')),
+    reason          text,
+    rows_read       integer NOT NULL DEFAULT 0,
+    imported        integer NOT NULL DEFAULT 0,
+    duplicates      integer NOT NULL DEFAULT 0,
+    error_count     integer NOT NULL DEFAULT 0,
+    report_location text,
+    report          jsonb NOT NULL DEFAULT '{}'::jsonb,
+    started_at      timestamptz NOT NULL,
+    finished_at     timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (blob_name, blob_version)
+);
+CREATE INDEX ledger_imports_client_idx ON ledger_imports (client_id, id DESC);
+
+CREATE TABLE journal_entries (
+    id          bigserial PRIMARY KEY,
+    client_id   uuid NOT NULL REFERENCES clients (id),
+    booked_on   date NOT NULL,
+    reference   text,
+    memo        text NOT NULL DEFAULT '',
+    source      text NOT NULL CHECK (source IN ('bank_import', 'journal_import', 'manual')),
+    import_id   bigint REFERENCES ledger_imports (id),
+    -- Set for entries whose repetition would double-count (journal-file entries).
+    dedupe_key  text,
+    reverses_id bigint REFERENCES journal_entries (id),
+    created_xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (client_id, dedupe_key)
+);
+CREATE INDEX journal_entries_client_date_idx ON journal_entries (client_id, booked_on, id);
+
+CREATE TABLE journal_lines (
+    id           bigserial PRIMARY KEY,
+    entry_id     bigint NOT NULL REFERENCES journal_entries (id),
+    client_id    uuid NOT NULL REFERENCES clients (id),
+    account_id   bigint NOT NULL REFERENCES accounts (id),
+    amount_minor bigint NOT NULL CHECK (amount_minor <> 0),
+    currency     char(3) NOT NULL CHECK (currency ~ '^[A-Z]{3}$'),
+    memo         text NOT NULL DEFAULT ''
+);
+CREATE INDEX journal_lines_entry_idx ON journal_lines (entry_id);
+CREATE INDEX journal_lines_account_idx ON journal_lines (account_id, entry_id);
+
+CREATE TABLE bank_transactions (
+    id           bigserial PRIMARY KEY,
+    client_id    uuid NOT NULL REFERENCES clients (id),
+    account_id   bigint NOT NULL REFERENCES accounts (id),
+    booked_on    date NOT NULL,
+    amount_minor bigint NOT NULL,
+    currency     char(3) NOT NULL CHECK (currency ~ '^[A-Z]{3}$'),
+    description  text NOT NULL DEFAULT '',
+    reference    text,
+    fitid        text,
+    -- 'fitid:<FITID>' when the bank gives one, else 'row:<sha256 of the normalised date,
+    -- amount, currency and description>:<occurrence within the file>'.
+    dedupe_key   text NOT NULL,
+    import_id    bigint NOT NULL REFERENCES ledger_imports (id),
+    -- Null only for zero-amount rows, which post nothing.
+    entry_id     bigint REFERENCES journal_entries (id),
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (account_id, dedupe_key)
+);
+CREATE INDEX bank_transactions_client_date_idx ON bank_transactions (client_id, booked_on);
+
+-- Append-only: the ledger is corrected by reversal, never by edit.
+CREATE FUNCTION refuse_change() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION '% is append-only: % is not allowed', TG_TABLE_NAME, TG_OP
+        USING ERRCODE = 'restrict_violation',
+              HINT = 'post a reversal and a new entry instead';
+END
+$$;
+
+CREATE TRIGGER journal_entries_append_only
+    BEFORE UPDATE OR DELETE ON journal_entries
+    FOR EACH ROW EXECUTE FUNCTION refuse_change();
+CREATE TRIGGER journal_entries_no_truncate
+    BEFORE TRUNCATE ON journal_entries
+    FOR EACH STATEMENT EXECUTE FUNCTION refuse_change();
+CREATE TRIGGER journal_lines_append_only
+    BEFORE UPDATE OR DELETE ON journal_lines
+    FOR EACH ROW EXECUTE FUNCTION refuse_change();
+CREATE TRIGGER journal_lines_no_truncate
+    BEFORE TRUNCATE ON journal_lines
+    FOR EACH STATEMENT EXECUTE FUNCTION refuse_change();
+
+-- Balance at commit. A row-level deferred trigger per line would cost a call per line,
+-- so each INSERT statement queues the entries it touched (one row per statement) and one
+-- deferred constraint trigger per queued row checks them all when the transaction commits.
+CREATE TABLE journal_balance_checks (
+    id        bigserial PRIMARY KEY,
+    entry_ids bigint[] NOT NULL
+);
+
+CREATE FUNCTION journal_queue_lines_check() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO journal_balance_checks (entry_ids)
+    SELECT array_agg(DISTINCT entry_id) FROM new_rows HAVING count(*) > 0;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION journal_queue_entries_check() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO journal_balance_checks (entry_ids)
+    SELECT array_agg(id) FROM new_rows HAVING count(*) > 0;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER journal_lines_queue_check
+    AFTER INSERT ON journal_lines REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION journal_queue_lines_check();
+CREATE TRIGGER journal_entries_queue_check
+    AFTER INSERT ON journal_entries REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION journal_queue_entries_check();
+
+CREATE FUNCTION journal_check_balance() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    bad record;
+BEGIN
+    -- Lines may only be added to an entry created in the same transaction.
+    SELECT e.id INTO bad
+    FROM unnest(NEW.entry_ids) AS t (id)
+    JOIN journal_entries e ON e.id = t.id
+    WHERE e.created_xid <> pg_current_xact_id()
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'journal entry % is already committed; lines cannot be added to it', bad.id
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+
+    SELECT l.entry_id INTO bad
+    FROM unnest(NEW.entry_ids) AS t (id)
+    JOIN journal_lines l ON l.entry_id = t.id
+    JOIN journal_entries e ON e.id = l.entry_id
+    JOIN accounts a ON a.id = l.account_id
+    WHERE l.client_id <> e.client_id OR a.client_id <> e.client_id
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'journal entry % has a line of another client or on another client''s account',
+            bad.entry_id
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+
+    SELECT t.id, count(l.id) AS n INTO bad
+    FROM unnest(NEW.entry_ids) AS t (id)
+    LEFT JOIN journal_lines l ON l.entry_id = t.id
+    GROUP BY t.id
+    HAVING count(l.id) < 2
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'journal entry % has % line(s); an entry needs at least two', bad.id, bad.n
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+
+    SELECT l.entry_id, l.currency, sum(l.amount_minor) AS total INTO bad
+    FROM unnest(NEW.entry_ids) AS t (id)
+    JOIN journal_lines l ON l.entry_id = t.id
+    GROUP BY l.entry_id, l.currency
+    HAVING sum(l.amount_minor) <> 0
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'journal entry % does not balance in %: debits and credits differ by % minor units',
+            bad.entry_id, bad.currency, bad.total
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+
+    DELETE FROM journal_balance_checks WHERE id = NEW.id;
+    RETURN NULL;
+END
+$$;
+
+CREATE CONSTRAINT TRIGGER journal_balance_at_commit
+    AFTER INSERT ON journal_balance_checks
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION journal_check_balance();
