@@ -1,0 +1,16 @@
+"""The entry point the Functions host loads: one DFApp with every capability's blueprint."""
+
+import azure.durable_functions as df
+import azure.functions as func
+
+from functions.ledger import imports_bp
+from functions.ops import ops_bp
+from shared import telemetry
+from shared.config import get_settings
+
+# Fail at start, naming the setting, rather than at the first request.
+telemetry.configure(get_settings())
+
+app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
+app.register_functions(imports_bp)
+app.register_functions(ops_bp)

@@ -1,0 +1,76 @@
+"""Operations endpoints: health, and the admin calls that set up firms, clients and charts
+until the portal API takes them over.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import azure.functions as func
+
+from functions._http import from_error, json_response, parse_uuid, route_uuid
+from shared.errors import AdvisorError, ValidationError
+from shared.services import clients, health
+
+ops_bp = func.Blueprint()  # type: ignore[no-untyped-call]
+
+
+@ops_bp.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def health_check(req: func.HttpRequest) -> func.HttpResponse:
+    """Report whether the app can reach its database and storage (200 or 503)."""
+    result = health.check()
+    return json_response(result, status=200 if result["status"] == "ok" else 503)
+
+
+@ops_bp.route(route="ops/clients", methods=["POST"], auth_level=func.AuthLevel.ADMIN)
+def create_client(req: func.HttpRequest) -> func.HttpResponse:
+    """Create a client (and its firm when no ``firm_id`` is given) with the starter chart."""
+    try:
+        body = _json_body(req)
+        name = _text(body, "name")
+        firm_id = body.get("firm_id")
+        firm = (
+            parse_uuid(firm_id, "firm_id")
+            if firm_id
+            else clients.create_firm(str(body.get("firm_name") or f"{name} firm"))
+        )
+        client_id = clients.create_client(
+            firm, name, base_currency=str(body.get("base_currency") or "USD")
+        )
+        return json_response({"client_id": str(client_id), "firm_id": str(firm)}, status=201)
+    except AdvisorError as exc:
+        return from_error(exc)
+
+
+@ops_bp.route(
+    route="ops/clients/{client_id}/accounts", methods=["POST"], auth_level=func.AuthLevel.ADMIN
+)
+def add_account(req: func.HttpRequest) -> func.HttpResponse:
+    """Add an account (``code``, ``name``, ``type``) to a client's chart."""
+    try:
+        client_id = route_uuid(req, "client_id")
+        body = _json_body(req)
+        account_id = clients.add_account(
+            client_id, _text(body, "code"), _text(body, "name"), _text(body, "type"), actor="ops"
+        )
+        return json_response({"account_id": account_id}, status=201)
+    except AdvisorError as exc:
+        return from_error(exc)
+
+
+def _json_body(req: func.HttpRequest) -> dict[str, Any]:
+    try:
+        body = json.loads(req.get_body() or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        raise ValidationError("the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ValidationError("the body must be a JSON object")
+    return body
+
+
+def _text(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationError(f"field {name!r} is required and must be text")
+    return value

@@ -1,0 +1,156 @@
+"""Blob storage through azure-storage-blob: Azurite locally, a storage account in Azure.
+
+Returns plain values; no SDK object leaves this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass
+from typing import IO
+
+from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
+from azure.storage.blob import BlobServiceClient, ContentSettings
+
+from shared.config import get_settings
+from shared.errors import NotFound, UpstreamError
+
+log = logging.getLogger(__name__)
+
+DOWNLOAD_CHUNK_BYTES = 4 * 1024 * 1024
+
+_client: BlobServiceClient | None = None
+_client_lock = threading.Lock()
+_known_containers: set[str] = set()
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    """What was downloaded: its version tag, size and sha256 of the exact bytes."""
+
+    etag: str
+    size: int
+    sha256: str
+
+
+def _service() -> BlobServiceClient:
+    global _client
+    with _client_lock:
+        if _client is None:
+            settings = get_settings()
+            if settings.storage_connection_string:
+                _client = BlobServiceClient.from_connection_string(
+                    settings.storage_connection_string
+                )
+            else:
+                from azure.identity import DefaultAzureCredential
+
+                url = f"https://{settings.storage_account_name}.blob.core.windows.net"
+                _client = BlobServiceClient(url, credential=DefaultAzureCredential())
+        return _client
+
+
+def _upstream(operation: str, container: str, name: str, exc: AzureError) -> UpstreamError:
+    log.error(
+        "blob %s failed for %s/%s: %s",
+        operation,
+        container,
+        name,
+        exc,
+        extra={"system": "blob", "operation": operation},
+    )
+    return UpstreamError(
+        f"blob {operation} of {container}/{name} failed", provider="blob", retryable=True
+    )
+
+
+def download(container: str, name: str, into: IO[bytes]) -> BlobInfo:
+    """Stream a blob into ``into``, hashing it on the way.
+
+    Raises:
+        NotFound: the blob does not exist (any more).
+        UpstreamError: storage failed (retryable).
+    """
+    blob = _service().get_blob_client(container, name)
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        stream = blob.download_blob(max_concurrency=1)
+        for chunk in stream.chunks():
+            digest.update(chunk)
+            into.write(chunk)
+            size += len(chunk)
+        etag = str(stream.properties.etag).strip('"')
+    except ResourceNotFoundError:
+        raise NotFound(f"blob {container}/{name} does not exist") from None
+    except AzureError as exc:
+        raise _upstream("download", container, name, exc) from exc
+    into.flush()
+    into.seek(0)
+    return BlobInfo(etag=etag, size=size, sha256=digest.hexdigest())
+
+
+def upload(container: str, name: str, data: bytes | IO[bytes], *, content_type: str) -> None:
+    """Write a blob, replacing any blob of that name; the container is created if missing.
+
+    Raises:
+        UpstreamError: storage failed (retryable).
+    """
+    _ensure_container(container)
+    try:
+        _service().get_blob_client(container, name).upload_blob(
+            data, overwrite=True, content_settings=ContentSettings(content_type=content_type)
+        )
+    except AzureError as exc:
+        raise _upstream("upload", container, name, exc) from exc
+
+
+def read(container: str, name: str) -> bytes:
+    """Return a (small) blob's bytes.
+
+    Raises:
+        NotFound: no such blob.
+        UpstreamError: storage failed (retryable).
+    """
+    try:
+        return _service().get_blob_client(container, name).download_blob().readall()
+    except ResourceNotFoundError:
+        raise NotFound(f"blob {container}/{name} does not exist") from None
+    except AzureError as exc:
+        raise _upstream("read", container, name, exc) from exc
+
+
+def delete(container: str, name: str) -> None:
+    """Delete a blob; one already gone is not an error."""
+    try:
+        _service().get_blob_client(container, name).delete_blob()
+    except ResourceNotFoundError:
+        return
+    except AzureError as exc:
+        raise _upstream("delete", container, name, exc) from exc
+
+
+def _ensure_container(container: str) -> None:
+    if container in _known_containers:
+        return
+    try:
+        _service().create_container(container)
+    except ResourceExistsError:
+        pass
+    except AzureError as exc:
+        raise _upstream("create container", container, "", exc) from exc
+    _known_containers.add(container)
+
+
+def ping() -> None:
+    """Ask the storage account for its properties (a cheap liveness probe).
+
+    Raises:
+        UpstreamError: storage did not answer.
+    """
+    try:
+        _service().get_service_properties()
+    except AzureError as exc:
+        raise _upstream("ping", "", "", exc) from exc

@@ -1,0 +1,845 @@
+"""Ledger import: a file from ``ledger-imports/<client id>/<name>`` is imported whole or
+rejected whole, with a report either way.
+
+The file is parsed as a stream into a staging table inside one transaction; dedupe,
+validation against the chart of accounts and posting are set-based SQL in that same
+transaction, so nothing of a rejected file is ever committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import IO, Any
+
+import psycopg
+
+from shared.adapters import blob, postgres
+from shared.config import (
+    LEDGER_IMPORTS_CONTAINER,
+    LEDGER_QUARANTINE_CONTAINER,
+    LEDGER_REPORT_MAX_ERRORS,
+    LEDGER_REPORTS_CONTAINER,
+    get_settings,
+)
+from shared.domain.imports import BankTxn, FileFormat, JournalLine, MappingProfile, RowError
+from shared.domain.money import Money
+from shared.errors import NotFound, ValidationError
+from shared.importers import UnsupportedFile, parse_file
+from shared.services import audit
+
+log = logging.getLogger(__name__)
+
+# Amounts beyond this many minor units are refused: no real statement line is that large,
+# and it keeps every sum far inside a 64-bit integer.
+MAX_ABS_AMOUNT_MINOR = 10**15
+
+UNCATEGORISED_INCOME = ("UNCATEGORISED-INCOME", "Uncategorised income", "income")
+UNCATEGORISED_EXPENSE = ("UNCATEGORISED-EXPENSE", "Uncategorised expense", "expense")
+
+
+class Rejected(ValidationError):
+    """The file cannot be imported; ``errors`` names each bad row when there are any."""
+
+    def __init__(self, reason: str, errors: Iterable[RowError] = (), error_count: int = 0):
+        super().__init__(reason)
+        self.reason = reason
+        self.errors = list(errors)[:LEDGER_REPORT_MAX_ERRORS]
+        self.error_count = max(error_count, len(self.errors))
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """The importing client, as far as an import needs it."""
+
+    id: uuid.UUID
+    base_currency: str
+    profile: MappingProfile
+
+
+@dataclass(slots=True)
+class _Tally:
+    """Counts and totals gathered while the file streams into staging."""
+
+    rows: int = 0
+    first: date | None = None
+    last: date | None = None
+    totals: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def add(self, booked_on: date, currency: str, inflow: int, outflow: int) -> None:
+        self.rows += 1
+        if self.first is None or booked_on < self.first:
+            self.first = booked_on
+        if self.last is None or booked_on > self.last:
+            self.last = booked_on
+        bucket = self.totals.setdefault(currency, {"count": 0, "in": 0, "out": 0})
+        bucket["count"] += 1
+        bucket["in"] += inflow
+        bucket["out"] += outflow
+
+
+@dataclass(frozen=True, slots=True)
+class ImportOutcome:
+    """What happened to one file: ``imported``, ``rejected`` or ``already_processed``."""
+
+    status: str
+    import_id: int | None
+    report: dict[str, Any]
+    report_location: str | None
+
+
+def split_blob_name(blob_name: str) -> tuple[str, str]:
+    """Split ``<client id>/<file name>`` (the path inside the container).
+
+    Raises:
+        Rejected: the name has no client folder.
+    """
+    client_part, sep, file_name = blob_name.partition("/")
+    if not sep or not client_part or not file_name:
+        raise Rejected(
+            f"blob {blob_name!r} is not in a client folder; "
+            f"drop files at {LEDGER_IMPORTS_CONTAINER}/<client id>/<file name>"
+        )
+    return client_part, file_name
+
+
+def import_blob(blob_name: str) -> ImportOutcome:
+    """Import the blob ``ledger-imports/<blob_name>``, or reject it to quarantine.
+
+    Safe to call again for the same blob version: a version already handled is answered
+    from its stored report (and the report blob is written again), nothing is posted twice.
+
+    Raises:
+        UpstreamError: storage or the database failed; the caller should retry.
+    """
+    started = datetime.now(UTC)
+    with tempfile.TemporaryFile() as spool:
+        try:
+            info = blob.download(LEDGER_IMPORTS_CONTAINER, blob_name, spool)
+        except NotFound:
+            log.warning("blob gone before import: %s", blob_name, extra={"blob": blob_name})
+            return ImportOutcome("already_processed", None, {}, None)
+
+        done = _find_import(blob_name, info.etag)
+        if done is not None:
+            _publish(done)
+            log.warning("blob version already handled: %s", blob_name, extra={"blob": blob_name})
+            return ImportOutcome("already_processed", done.import_id, done.report, None)
+
+        header = {
+            "file": f"{LEDGER_IMPORTS_CONTAINER}/{blob_name}",
+            "blob_version": info.etag,
+            "sha256": info.sha256,
+            "size_bytes": info.size,
+        }
+        try:
+            client_part, file_name = split_blob_name(blob_name)
+            if info.size > get_settings().ledger_import_max_bytes:
+                raise Rejected(
+                    f"file is {info.size} bytes, over the import limit of "
+                    f"{get_settings().ledger_import_max_bytes} bytes (LEDGER_IMPORT_MAX_BYTES)"
+                )
+            with postgres.transaction() as conn:
+                client = _load_client(conn, client_part)
+                outcome = _import(conn, client, spool, file_name, header, started, blob_name)
+        except Rejected as rejected:
+            outcome = _reject(blob_name, header, started, rejected, spool)
+        _publish(outcome)
+        return outcome
+
+
+def preview(client_id: str, data: bytes, file_name: str) -> dict[str, Any]:
+    """Return the report importing ``data`` would produce, writing nothing (a dry run).
+
+    Sibling of ``import_blob``; the same parsing, validation and dedupe run in a
+    transaction that is always rolled back.
+
+    Raises:
+        NotFound: no such client.
+    """
+    header = {
+        "file": file_name,
+        "dry_run": True,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "size_bytes": len(data),
+    }
+    started = datetime.now(UTC)
+    with tempfile.TemporaryFile() as spool:
+        spool.write(data)
+        spool.seek(0)
+        try:
+            with postgres.transaction() as conn:
+                try:
+                    client = _load_client(conn, client_id)
+                except Rejected as exc:
+                    raise NotFound(exc.reason) from None
+                outcome = _import(conn, client, spool, file_name, header, started, None)
+                raise _DryRunDone(outcome.report)
+        except _DryRunDone as done:
+            return done.report
+        except Rejected as rejected:
+            return _rejection_report(header, started, rejected)
+
+
+class _DryRunDone(Exception):
+    """Carries a dry run's report out of its transaction so that the transaction rolls back."""
+
+    def __init__(self, report: dict[str, Any]):
+        super().__init__("dry run")
+        self.report = report
+
+
+def _load_client(conn: psycopg.Connection, client_part: str) -> Client:
+    try:
+        client_id = uuid.UUID(client_part)
+    except ValueError:
+        raise Rejected(f"unknown client {client_part!r}: not a client id") from None
+    row = conn.execute(
+        "SELECT base_currency, mapping_profile FROM clients WHERE id = %s AND archived_at IS NULL",
+        (client_id,),
+    ).fetchone()
+    if row is None:
+        raise Rejected(f"unknown client {client_id}")
+    try:
+        profile = MappingProfile.from_json(row[1])
+    except (TypeError, ValidationError) as exc:
+        raise Rejected(f"the client's mapping profile is invalid: {exc}") from None
+    return Client(client_id, row[0], profile)
+
+
+def _import(
+    conn: psycopg.Connection,
+    client: Client,
+    spool: IO[bytes],
+    file_name: str,
+    header: dict[str, Any],
+    started: datetime,
+    blob_name: str | None,
+) -> ImportOutcome:
+    # One import per client at a time, so that concurrent files dedupe against each other
+    # in a fixed order and the counts in each report are exact.
+    conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('ledger_import:' || %s, 0))",
+        (str(client.id),),
+    )
+
+    try:
+        parsed = parse_file(
+            spool,
+            name=file_name,
+            default_currency=client.base_currency,
+            profile=client.profile,
+        )
+    except UnsupportedFile as exc:
+        raise Rejected(str(exc)) from None
+
+    is_journal = parsed.format is FileFormat.JOURNAL_CSV
+    if is_journal:
+        tally = _stage_journal(conn, parsed.records)  # type: ignore[arg-type]
+    else:
+        tally = _stage_bank(conn, parsed.records, parsed.errors)  # type: ignore[arg-type]
+
+    error_count = int(parsed.details.get("error_count", len(parsed.errors)))
+    if parsed.errors:
+        raise Rejected(
+            f"{error_count} row(s) are invalid; nothing was imported",
+            parsed.errors,
+            error_count,
+        )
+    if tally.rows == 0:
+        raise Rejected("the file has no transactions")
+
+    import_id = _insert_import_row(conn, client, header, blob_name, parsed.format, started)
+    if is_journal:
+        imported, duplicates = _post_journal(conn, client, import_id)
+    else:
+        imported, duplicates = _post_bank(conn, client, import_id)
+
+    report: dict[str, Any] = {
+        **header,
+        "status": "imported",
+        "import_id": import_id,
+        "client_id": str(client.id),
+        "format": parsed.format.value,
+        "rows_read": tally.rows,
+        "imported": imported,
+        "duplicates_skipped": duplicates,
+        "date_range": {
+            "first": tally.first.isoformat() if tally.first else None,
+            "last": tally.last.isoformat() if tally.last else None,
+        },
+        "totals": _render_totals(tally, is_journal),
+        "balance_check": [] if is_journal else _balance_check(conn, client, parsed.balances),
+        "detected": _jsonable(parsed.details),
+        "started_at": started.isoformat(),
+        "finished_at": datetime.now(UTC).isoformat(),
+    }
+    location = f"{LEDGER_REPORTS_CONTAINER}/{blob_name}.json" if blob_name else None
+    conn.execute(
+        """
+        UPDATE ledger_imports
+           SET rows_read = %s, imported = %s, duplicates = %s,
+               report = %s, report_location = %s, finished_at = now()
+         WHERE id = %s
+        """,
+        (tally.rows, imported, duplicates, json.dumps(report), location, import_id),
+    )
+    audit.record(
+        conn,
+        actor="ledger-import",
+        action="ledger.import.imported",
+        client_id=client.id,
+        subject=header["file"],
+        details={
+            "import_id": import_id,
+            "sha256": header["sha256"],
+            "rows_read": tally.rows,
+            "imported": imported,
+            "duplicates_skipped": duplicates,
+        },
+    )
+    log.info(
+        "imported %s: %s rows, %s new, %s duplicates",
+        header["file"],
+        tally.rows,
+        imported,
+        duplicates,
+        extra={"client_id": str(client.id), "import_id": import_id, "blob": blob_name},
+    )
+    return ImportOutcome("imported", import_id, report, location)
+
+
+def _insert_import_row(
+    conn: psycopg.Connection,
+    client: Client,
+    header: dict[str, Any],
+    blob_name: str | None,
+    file_format: FileFormat,
+    started: datetime,
+) -> int:
+    row = conn.execute(
+        """
+        INSERT INTO ledger_imports
+            (client_id, blob_name, blob_version, sha256, size_bytes, format, status, started_at)
+        VALUES (%s, %s, %s, %s, %s, %s, 'imported', %s)
+        RETURNING id
+        """,
+        (
+            client.id,
+            blob_name or f"dry-run/{uuid.uuid4()}",
+            header.get("blob_version", "dry-run"),
+            header["sha256"],
+            header["size_bytes"],
+            file_format.value,
+            started,
+        ),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _check_amount(line: int, column: str, amount: int, errors: list[RowError]) -> bool:
+    if abs(amount) < MAX_ABS_AMOUNT_MINOR:
+        return True
+    if len(errors) < LEDGER_REPORT_MAX_ERRORS:
+        errors.append(RowError(line, column, str(amount), "amount is too large to be real"))
+    return False
+
+
+def _stage_bank(
+    conn: psycopg.Connection, records: Iterator[BankTxn], errors: list[RowError]
+) -> _Tally:
+    conn.execute(
+        """
+        CREATE TEMP TABLE stage_bank (
+            line integer, account_ref text, booked_on date, amount_minor bigint,
+            currency text, description text, fitid text, reference text, row_key text
+        ) ON COMMIT DROP
+        """
+    )
+    tally = _Tally()
+    with conn.cursor().copy(
+        "COPY stage_bank (line, account_ref, booked_on, amount_minor, currency, description,"
+        " fitid, reference, row_key) FROM STDIN"
+    ) as copy:
+        for txn in records:
+            if not _check_amount(txn.line, "amount", txn.amount_minor, errors):
+                continue
+            amount = txn.amount_minor
+            tally.add(txn.booked_on, txn.currency, max(amount, 0), max(-amount, 0))
+            if errors:
+                continue  # the file is rejected anyway; keep reading only to count rows
+            copy.write_row(
+                (
+                    txn.line,
+                    txn.account_ref,
+                    txn.booked_on,
+                    amount,
+                    txn.currency,
+                    txn.description,
+                    txn.fitid or None,
+                    txn.reference,
+                    _row_key(txn),
+                )
+            )
+    return tally
+
+
+def _row_key(txn: BankTxn) -> str:
+    """Hash of what identifies a bank row without a bank id: date, amount, currency, text."""
+    text = " ".join(txn.description.split()).casefold()
+    raw = f"{txn.booked_on.isoformat()}|{txn.amount_minor}|{txn.currency}|{text}"
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def _post_bank(conn: psycopg.Connection, client: Client, import_id: int) -> tuple[int, int]:
+    income_id = _system_account(conn, client, UNCATEGORISED_INCOME)
+    expense_id = _system_account(conn, client, UNCATEGORISED_EXPENSE)
+    _ensure_bank_accounts(conn, client)
+
+    row = conn.execute(
+        """
+        WITH keyed AS (
+            SELECT s.*, a.id AS account_id,
+                   CASE WHEN s.fitid IS NOT NULL THEN 'fitid:' || s.fitid
+                        ELSE 'row:' || s.row_key || ':' || row_number() OVER (
+                            PARTITION BY s.account_ref, s.row_key ORDER BY s.line)
+                   END AS dedupe_key
+            FROM stage_bank s
+            JOIN accounts a ON a.client_id = %(client)s
+                           AND a.external_ref = 'bank:' || encode(sha256(convert_to(
+                               s.account_ref, 'UTF8')), 'hex')
+        ),
+        new_tx AS (
+            INSERT INTO bank_transactions
+                (client_id, account_id, booked_on, amount_minor, currency, description,
+                 reference, fitid, dedupe_key, import_id, entry_id)
+            SELECT %(client)s, k.account_id, k.booked_on, k.amount_minor, k.currency,
+                   k.description, k.reference, k.fitid, k.dedupe_key, %(import)s,
+                   CASE WHEN k.amount_minor <> 0
+                        THEN nextval(pg_get_serial_sequence('journal_entries', 'id')) END
+            FROM keyed k
+            ORDER BY k.line
+            ON CONFLICT (account_id, dedupe_key) DO NOTHING
+            RETURNING entry_id, account_id, booked_on, amount_minor, currency, description
+        ),
+        entries AS (
+            INSERT INTO journal_entries (id, client_id, booked_on, memo, source, import_id)
+            SELECT n.entry_id, %(client)s, n.booked_on, n.description, 'bank_import', %(import)s
+            FROM new_tx n WHERE n.entry_id IS NOT NULL
+        ),
+        lines AS (
+            INSERT INTO journal_lines (entry_id, client_id, account_id, amount_minor, currency)
+            SELECT n.entry_id, %(client)s, n.account_id, n.amount_minor, n.currency
+            FROM new_tx n WHERE n.entry_id IS NOT NULL
+            UNION ALL
+            SELECT n.entry_id, %(client)s,
+                   CASE WHEN n.amount_minor > 0 THEN %(income)s ELSE %(expense)s END,
+                   -n.amount_minor, n.currency
+            FROM new_tx n WHERE n.entry_id IS NOT NULL
+        )
+        SELECT (SELECT count(*) FROM new_tx), (SELECT count(*) FROM stage_bank)
+        """,
+        {"client": client.id, "import": import_id, "income": income_id, "expense": expense_id},
+    ).fetchone()
+    assert row is not None
+    imported, staged = int(row[0]), int(row[1])
+    return imported, staged - imported
+
+
+def _ensure_bank_accounts(conn: psycopg.Connection, client: Client) -> None:
+    """Create a bank account in the chart for each account the file names, once."""
+    refs = [r[0] for r in conn.execute("SELECT DISTINCT account_ref FROM stage_bank")]
+    for ref in refs:
+        digest = hashlib.sha256(ref.encode()).hexdigest()
+        shown = f" …{ref[-4:]}" if ref else ""
+        conn.execute(
+            """
+            INSERT INTO accounts (client_id, code, name, type, external_ref)
+            VALUES (%s, %s, %s, 'asset', %s)
+            ON CONFLICT (client_id, external_ref) DO NOTHING
+            """,
+            (client.id, f"BANK-{digest[:8].upper()}", f"Bank account{shown}", f"bank:{digest}"),
+        )
+
+
+def _system_account(conn: psycopg.Connection, client: Client, spec: tuple[str, str, str]) -> int:
+    code, name, kind = spec
+    conn.execute(
+        """
+        INSERT INTO accounts (client_id, code, name, type, external_ref)
+        VALUES (%s, %s, %s, %s, %s)
+        ON CONFLICT (client_id, external_ref) DO NOTHING
+        """,
+        (client.id, code, name, kind, f"system:{code.lower()}"),
+    )
+    row = conn.execute(
+        "SELECT id FROM accounts WHERE client_id = %s AND external_ref = %s",
+        (client.id, f"system:{code.lower()}"),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _stage_journal(conn: psycopg.Connection, records: Iterator[JournalLine]) -> _Tally:
+    conn.execute(
+        """
+        CREATE TEMP TABLE stage_journal (
+            line integer, entry_ref text, booked_on date, account text,
+            debit_minor bigint, credit_minor bigint, currency text, memo text
+        ) ON COMMIT DROP
+        """
+    )
+    tally = _Tally()
+    with conn.cursor().copy(
+        "COPY stage_journal (line, entry_ref, booked_on, account, debit_minor, credit_minor,"
+        " currency, memo) FROM STDIN"
+    ) as copy:
+        for jl in records:
+            tally.add(jl.booked_on, jl.currency, jl.debit_minor, jl.credit_minor)
+            copy.write_row(
+                (
+                    jl.line,
+                    jl.entry_ref,
+                    jl.booked_on,
+                    jl.account,
+                    jl.debit_minor,
+                    jl.credit_minor,
+                    jl.currency,
+                    jl.memo,
+                )
+            )
+    return tally
+
+
+def _post_journal(conn: psycopg.Connection, client: Client, import_id: int) -> tuple[int, int]:
+    errors = _journal_errors(conn, client)
+    if errors:
+        raise Rejected(
+            f"{len(errors)} problem(s) in journal entries; nothing was imported", errors
+        )
+
+    row = conn.execute(
+        """
+        WITH resolved AS (
+            SELECT s.*, coalesce(
+                (SELECT a.id FROM accounts a
+                  WHERE a.client_id = %(client)s AND a.code = s.account),
+                (SELECT min(a.id) FROM accounts a
+                  WHERE a.client_id = %(client)s AND lower(a.name) = lower(s.account))
+            ) AS account_id
+            FROM stage_journal s
+        ),
+        grouped AS (
+            SELECT entry_ref, min(booked_on) AS booked_on, min(line) AS first_line,
+                   string_agg(nullif(memo, ''), ' / ' ORDER BY line) AS memo,
+                   'journal:' || encode(sha256(convert_to(string_agg(
+                       concat_ws('|', booked_on, account_id, debit_minor, credit_minor, currency),
+                       ';' ORDER BY line), 'UTF8')), 'hex') AS dedupe_key
+            FROM resolved GROUP BY entry_ref
+        ),
+        new_entries AS (
+            INSERT INTO journal_entries
+                (client_id, booked_on, reference, memo, source, import_id, dedupe_key)
+            SELECT %(client)s, g.booked_on, g.entry_ref, coalesce(g.memo, ''),
+                   'journal_import', %(import)s, g.dedupe_key
+            FROM grouped g ORDER BY g.first_line
+            ON CONFLICT (client_id, dedupe_key) DO NOTHING
+            RETURNING id, reference
+        ),
+        lines AS (
+            INSERT INTO journal_lines
+                (entry_id, client_id, account_id, amount_minor, currency, memo)
+            SELECT e.id, %(client)s, r.account_id, r.debit_minor - r.credit_minor,
+                   r.currency, r.memo
+            FROM new_entries e JOIN resolved r ON r.entry_ref = e.reference
+            ORDER BY r.line
+        )
+        SELECT (SELECT count(*) FROM new_entries), (SELECT count(*) FROM grouped)
+        """,
+        {"client": client.id, "import": import_id},
+    ).fetchone()
+    assert row is not None
+    imported, entries = int(row[0]), int(row[1])
+    return imported, entries - imported
+
+
+def _journal_errors(conn: psycopg.Connection, client: Client) -> list[RowError]:
+    """Unknown accounts, entries spanning several dates and unbalanced entries."""
+    errors: list[RowError] = []
+    for line, account in conn.execute(
+        """
+        SELECT s.line, s.account FROM stage_journal s
+        WHERE NOT EXISTS (SELECT 1 FROM accounts a
+                          WHERE a.client_id = %s
+                            AND (a.code = s.account OR lower(a.name) = lower(s.account)))
+        ORDER BY s.line LIMIT %s
+        """,
+        (client.id, LEDGER_REPORT_MAX_ERRORS),
+    ):
+        errors.append(
+            RowError(line, "account", account, "unknown account: not in the client's chart")
+        )
+    for entry_ref, line in conn.execute(
+        """
+        SELECT entry_ref, min(line) FROM stage_journal
+        GROUP BY entry_ref HAVING count(DISTINCT booked_on) > 1
+        ORDER BY 2 LIMIT %s
+        """,
+        (LEDGER_REPORT_MAX_ERRORS,),
+    ):
+        errors.append(RowError(line, "date", entry_ref, "lines of one entry have different dates"))
+    for entry_ref, line, currency, debits, credits in conn.execute(
+        """
+        SELECT entry_ref, min(line), currency, sum(debit_minor), sum(credit_minor)
+        FROM stage_journal GROUP BY entry_ref, currency
+        HAVING sum(debit_minor) <> sum(credit_minor)
+        ORDER BY 2 LIMIT %s
+        """,
+        (LEDGER_REPORT_MAX_ERRORS,),
+    ):
+        errors.append(
+            RowError(
+                line,
+                "entry",
+                entry_ref,
+                f"entry does not balance in {currency}: debits {Money(int(debits), currency)}, "
+                f"credits {Money(int(credits), currency)}",
+            )
+        )
+    return errors[:LEDGER_REPORT_MAX_ERRORS]
+
+
+def _balance_check(
+    conn: psycopg.Connection, client: Client, balances: list[Any]
+) -> list[dict[str, Any]]:
+    """Compare each balance the file states with the account's ledger balance after import."""
+    checks = []
+    for stated in balances:
+        digest = hashlib.sha256(stated.account_ref.encode()).hexdigest()
+        row = conn.execute(
+            """
+            SELECT coalesce(sum(l.amount_minor), 0)
+            FROM journal_lines l
+            JOIN accounts a ON a.id = l.account_id
+            JOIN journal_entries e ON e.id = l.entry_id
+            WHERE a.client_id = %s AND a.external_ref = %s AND l.currency = %s
+              AND (%s::date IS NULL OR e.booked_on <= %s::date)
+            """,
+            (client.id, f"bank:{digest}", stated.currency, stated.as_of, stated.as_of),
+        ).fetchone()
+        ledger = int(row[0]) if row else 0
+        checks.append(
+            {
+                "account": f"…{stated.account_ref[-4:]}" if stated.account_ref else "",
+                "currency": stated.currency,
+                "as_of": stated.as_of.isoformat() if stated.as_of else None,
+                "stated": str(Money(stated.amount_minor, stated.currency).to_decimal()),
+                "ledger": str(Money(ledger, stated.currency).to_decimal()),
+                "matches": ledger == stated.amount_minor,
+            }
+        )
+    return checks
+
+
+def _render_totals(tally: _Tally, is_journal: bool) -> dict[str, dict[str, Any]]:
+    rendered: dict[str, dict[str, Any]] = {}
+    for currency, bucket in sorted(tally.totals.items()):
+        if is_journal:
+            rendered[currency] = {
+                "lines": bucket["count"],
+                "debits": str(Money(bucket["in"], currency).to_decimal()),
+                "credits": str(Money(bucket["out"], currency).to_decimal()),
+            }
+        else:
+            rendered[currency] = {
+                "transactions": bucket["count"],
+                "inflow": str(Money(bucket["in"], currency).to_decimal()),
+                "outflow": str(Money(bucket["out"], currency).to_decimal()),
+                "net": str(Money(bucket["in"] - bucket["out"], currency).to_decimal()),
+            }
+    return rendered
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _rejection_report(
+    header: dict[str, Any], started: datetime, rejected: Rejected
+) -> dict[str, Any]:
+    return {
+        **header,
+        "status": "rejected",
+        "reason": rejected.reason,
+        "error_count": rejected.error_count,
+        "errors": [e.to_json() for e in rejected.errors],
+        "started_at": started.isoformat(),
+        "finished_at": datetime.now(UTC).isoformat(),
+    }
+
+
+def _reject(
+    blob_name: str,
+    header: dict[str, Any],
+    started: datetime,
+    rejected: Rejected,
+    spool: IO[bytes],
+) -> ImportOutcome:
+    """Move the file to quarantine with its report and record the rejection."""
+    report = _rejection_report(header, started, rejected)
+    client_id = _known_client_id(blob_name)
+    location = f"{LEDGER_REPORTS_CONTAINER}/{blob_name}.json"
+
+    spool.seek(0)
+    blob.upload(
+        LEDGER_QUARANTINE_CONTAINER, blob_name, spool, content_type="application/octet-stream"
+    )
+    with postgres.transaction() as conn:
+        row = conn.execute(
+            """
+            INSERT INTO ledger_imports
+                (client_id, blob_name, blob_version, sha256, size_bytes, status, reason,
+                 error_count, report, report_location, started_at)
+            VALUES (%s, %s, %s, %s, %s, 'rejected', %s, %s, %s, %s, %s)
+            ON CONFLICT (blob_name, blob_version) DO UPDATE SET finished_at = now()
+            RETURNING id
+            """,
+            (
+                client_id,
+                blob_name,
+                header["blob_version"],
+                header["sha256"],
+                header["size_bytes"],
+                rejected.reason,
+                rejected.error_count,
+                json.dumps(report),
+                location,
+                started,
+            ),
+        ).fetchone()
+        assert row is not None
+        import_id = int(row[0])
+        report["import_id"] = import_id
+        conn.execute(
+            "UPDATE ledger_imports SET report = %s WHERE id = %s", (json.dumps(report), import_id)
+        )
+        audit.record(
+            conn,
+            actor="ledger-import",
+            action="ledger.import.rejected",
+            client_id=client_id,
+            subject=header["file"],
+            details={
+                "import_id": import_id,
+                "sha256": header["sha256"],
+                "reason": rejected.reason,
+            },
+        )
+    log.warning(
+        "rejected %s: %s",
+        header["file"],
+        rejected.reason,
+        extra={"client_id": str(client_id) if client_id else None, "import_id": import_id},
+    )
+    return ImportOutcome("rejected", import_id, report, location)
+
+
+def _known_client_id(blob_name: str) -> uuid.UUID | None:
+    """The client of a rejected file, when its folder names one that exists."""
+    client_part = blob_name.partition("/")[0]
+    try:
+        client_id = uuid.UUID(client_part)
+    except ValueError:
+        return None
+    with postgres.transaction() as conn:
+        row = conn.execute("SELECT 1 FROM clients WHERE id = %s", (client_id,)).fetchone()
+    return client_id if row else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Done:
+    import_id: int
+    status: str
+    report: dict[str, Any]
+    report_location: str | None
+
+
+def _find_import(blob_name: str, etag: str) -> _Done | None:
+    with postgres.transaction() as conn:
+        row = conn.execute(
+            "SELECT id, status, report, report_location FROM ledger_imports"
+            " WHERE blob_name = %s AND blob_version = %s",
+            (blob_name, etag),
+        ).fetchone()
+    return _Done(int(row[0]), row[1], row[2], row[3]) if row else None
+
+
+def _publish(outcome: ImportOutcome | _Done) -> None:
+    """Write the report blob and, for a rejection, remove the file from the drop folder."""
+    if not outcome.report_location:
+        return
+    container, _, name = outcome.report_location.partition("/")
+    body = json.dumps(outcome.report, indent=2, sort_keys=True).encode()
+    blob.upload(container, name, body, content_type="application/json")
+    if outcome.status == "rejected":
+        blob.upload(
+            LEDGER_QUARANTINE_CONTAINER,
+            name.removesuffix(".json") + ".report.json",
+            body,
+            content_type="application/json",
+        )
+        blob.delete(LEDGER_IMPORTS_CONTAINER, name.removesuffix(".json"))
+
+
+def list_imports(client_id: uuid.UUID, limit: int = 100) -> list[dict[str, Any]]:
+    """Return a client's imports, newest first, without their full reports."""
+    with postgres.transaction() as conn:
+        rows = conn.execute(
+            """
+            SELECT id, blob_name, blob_version, sha256, size_bytes, format, status, reason,
+                   rows_read, imported, duplicates, error_count, report_location, finished_at
+            FROM ledger_imports WHERE client_id = %s ORDER BY id DESC LIMIT %s
+            """,
+            (client_id, limit),
+        ).fetchall()
+    keys = (
+        "id",
+        "blob_name",
+        "blob_version",
+        "sha256",
+        "size_bytes",
+        "format",
+        "status",
+        "reason",
+        "rows_read",
+        "imported",
+        "duplicates_skipped",
+        "error_count",
+        "report_location",
+        "finished_at",
+    )
+    return [_jsonable(dict(zip(keys, row, strict=True))) for row in rows]
+
+
+def get_report(client_id: uuid.UUID, import_id: int) -> dict[str, Any]:
+    """Return one import's report.
+
+    Raises:
+        NotFound: no such import for this client (another client's id looks the same).
+    """
+    with postgres.transaction() as conn:
+        row = conn.execute(
+            "SELECT report FROM ledger_imports WHERE id = %s AND client_id = %s",
+            (import_id, client_id),
+        ).fetchone()
+    if row is None:
+        raise NotFound(f"import {import_id} not found")
+    report: dict[str, Any] = row[0]
+    return report

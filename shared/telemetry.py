@@ -1,0 +1,85 @@
+"""Logging and telemetry set-up: structured log lines everywhere, Application Insights when
+``APPLICATIONINSIGHTS_CONNECTION_STRING`` is set (through azure-monitor-opentelemetry).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from shared.config import Settings
+
+# Fields that services pass in ``extra=`` and that log lines show as key=value.
+STRUCTURED_FIELDS = (
+    "client_id",
+    "import_id",
+    "blob",
+    "event_id",
+    "realm_id",
+    "instance_id",
+    "system",
+    "operation",
+    "attempt",
+    "outcome",
+    "duration_ms",
+)
+
+_configured = False
+
+# Long digit runs (account numbers, tax ids) are masked to their last four digits.
+_DIGIT_RUN = re.compile(r"\b(\d[\d -]{6,}\d)(\d{4})\b")
+
+
+class RedactingFilter(logging.Filter):
+    """Masks long digit runs in the rendered message, so no account number reaches a log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = _DIGIT_RUN.sub(lambda m: "*" * len(m.group(1)) + m.group(2), message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+class KeyValueFormatter(logging.Formatter):
+    """``time level logger message key=value ...`` with the structured fields that are set."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        pairs = []
+        for name in STRUCTURED_FIELDS:
+            value: Any = getattr(record, name, None)
+            if value is not None:
+                pairs.append(f"{name}={value}")
+        return f"{line} {' '.join(pairs)}" if pairs else line
+
+
+def configure(settings: Settings) -> None:
+    """Set up logging once per process (later calls do nothing)."""
+    global _configured
+    if _configured:
+        return
+    _configured = True
+
+    # The Functions worker installs its own root handler; elsewhere (local host, scripts)
+    # we add one. Either way every root handler masks what it writes.
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(KeyValueFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.WARNING)
+    for existing in root.handlers:
+        existing.addFilter(RedactingFilter())
+    for name in ("shared", "functions"):
+        logging.getLogger(name).setLevel(settings.log_level)
+
+    if settings.applicationinsights_connection_string:
+        from azure.monitor.opentelemetry import configure_azure_monitor
+
+        configure_azure_monitor(
+            connection_string=settings.applicationinsights_connection_string,
+            logger_name="shared",
+        )
+        logging.getLogger("shared").info("Application Insights telemetry enabled")

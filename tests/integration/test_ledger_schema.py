@@ -1,0 +1,187 @@
+"""The ledger's rules hold in the database itself, whatever code writes to it."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import pytest
+
+
+@pytest.fixture()
+def conn(services: dict[str, str]) -> psycopg.Connection:
+    with psycopg.connect(services["DATABASE_URL"]) as connection:
+        yield connection
+
+
+def _accounts(conn: psycopg.Connection, client_id: uuid.UUID) -> tuple[int, int]:
+    rows = conn.execute(
+        "SELECT id FROM accounts WHERE client_id = %s AND code IN ('1000', '4000') ORDER BY code",
+        (client_id,),
+    ).fetchall()
+    return rows[0][0], rows[1][0]
+
+
+def _entry(conn: psycopg.Connection, client_id: uuid.UUID) -> int:
+    row = conn.execute(
+        "INSERT INTO journal_entries (client_id, booked_on, source)"
+        " VALUES (%s, '2026-01-31', 'manual') RETURNING id",
+        (client_id,),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _line(
+    conn: psycopg.Connection,
+    entry: int,
+    client_id: uuid.UUID,
+    account: int,
+    amount: int,
+    currency: str = "USD",
+) -> None:
+    conn.execute(
+        "INSERT INTO journal_lines (entry_id, client_id, account_id, amount_minor, currency)"
+        " VALUES (%s, %s, %s, %s, %s)",
+        (entry, client_id, account, amount, currency),
+    )
+
+
+def test_commits_a_balanced_entry_written_in_separate_statements(conn, client_id):
+    bank, revenue = _accounts(conn, client_id)
+    entry = _entry(conn, client_id)
+    _line(conn, entry, client_id, bank, 1999)
+    _line(conn, entry, client_id, revenue, -1999)
+    conn.commit()
+
+    total = conn.execute(
+        "SELECT sum(amount_minor), count(*) FROM journal_lines WHERE entry_id = %s", (entry,)
+    ).fetchone()
+    assert total == (0, 2)
+
+
+def test_refuses_to_commit_an_unbalanced_entry(conn, client_id):
+    bank, revenue = _accounts(conn, client_id)
+    entry = _entry(conn, client_id)
+    _line(conn, entry, client_id, bank, 1000)
+    _line(conn, entry, client_id, revenue, -999)
+
+    with pytest.raises(
+        psycopg.errors.IntegrityConstraintViolation, match="does not balance in USD"
+    ):
+        conn.commit()
+    conn.rollback()
+    assert conn.execute(
+        "SELECT count(*) FROM journal_entries WHERE id = %s", (entry,)
+    ).fetchone() == (0,)
+
+
+def test_refuses_an_entry_balanced_only_across_currencies(conn, client_id):
+    bank, revenue = _accounts(conn, client_id)
+    entry = _entry(conn, client_id)
+    _line(conn, entry, client_id, bank, 1000, "USD")
+    _line(conn, entry, client_id, revenue, -1000, "EUR")
+
+    with pytest.raises(psycopg.errors.IntegrityConstraintViolation, match="does not balance"):
+        conn.commit()
+
+
+def test_refuses_an_entry_without_lines(conn, client_id):
+    _entry(conn, client_id)
+    with pytest.raises(psycopg.errors.IntegrityConstraintViolation, match="needs at least two"):
+        conn.commit()
+
+
+def test_refuses_lines_added_to_a_committed_entry(conn, client_id):
+    bank, revenue = _accounts(conn, client_id)
+    entry = _entry(conn, client_id)
+    _line(conn, entry, client_id, bank, 500)
+    _line(conn, entry, client_id, revenue, -500)
+    conn.commit()
+
+    _line(conn, entry, client_id, bank, 100)
+    _line(conn, entry, client_id, revenue, -100)
+    with pytest.raises(psycopg.errors.IntegrityConstraintViolation, match="already committed"):
+        conn.commit()
+
+
+def test_refuses_a_line_on_another_clients_account(conn, client_id, firm):
+    from shared.services import clients
+
+    other = clients.create_client(firm, "Other client")
+    bank, _ = _accounts(conn, client_id)
+    _, other_revenue = _accounts(conn, other)
+    entry = _entry(conn, client_id)
+    _line(conn, entry, client_id, bank, 700)
+    _line(conn, entry, client_id, other_revenue, -700)
+
+    with pytest.raises(psycopg.errors.IntegrityConstraintViolation, match="another client"):
+        conn.commit()
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE journal_lines SET amount_minor = amount_minor * 2",
+        "DELETE FROM journal_lines",
+        "UPDATE journal_entries SET memo = 'edited'",
+        "DELETE FROM journal_entries",
+        "TRUNCATE journal_lines CASCADE",
+        "UPDATE audit_log SET actor = 'someone else'",
+        "DELETE FROM audit_log",
+    ],
+)
+def test_ledger_and_audit_log_are_append_only(conn, client_id, statement):
+    bank, revenue = _accounts(conn, client_id)
+    entry = _entry(conn, client_id)
+    _line(conn, entry, client_id, bank, 100)
+    _line(conn, entry, client_id, revenue, -100)
+    conn.commit()
+
+    with pytest.raises(psycopg.errors.RestrictViolation, match="append-only"):
+        conn.execute(statement)
+
+
+def test_audit_chain_verifies_and_names_an_edited_row(conn, client_id):
+    from shared.services import audit
+
+    for n in range(3):
+        audit.record(
+            conn,
+            actor="t",
+            action="test.step",
+            client_id=client_id,
+            subject=str(n),
+            details={"n": n},
+        )
+    conn.commit()
+    assert audit.verify(conn, client_id) == []
+
+    # Someone with owner rights switches the guard off and edits the middle row.
+    conn.execute("ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only")
+    conn.execute(
+        "UPDATE audit_log SET details = '{\"n\": 99}' WHERE client_id = %s AND subject = '1'",
+        (client_id,),
+    )
+    conn.execute("ALTER TABLE audit_log ENABLE TRIGGER audit_log_append_only")
+    conn.commit()
+
+    broken = audit.verify(conn, client_id)
+    assert [(b["problem"]) for b in broken] == ["content does not match its hash"]
+
+
+def test_audit_chain_names_a_deleted_row(conn, client_id):
+    from shared.services import audit
+
+    for n in range(4):
+        audit.record(
+            conn, actor="t", action="test.step", client_id=client_id, subject=str(n), details={}
+        )
+    conn.commit()
+    conn.execute("ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only")
+    conn.execute("DELETE FROM audit_log WHERE client_id = %s AND subject = '2'", (client_id,))
+    conn.execute("ALTER TABLE audit_log ENABLE TRIGGER audit_log_append_only")
+    conn.commit()
+
+    broken = audit.verify(conn, client_id)
+    assert [b["problem"] for b in broken] == ["row(s) missing before this one"]

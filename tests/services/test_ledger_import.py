@@ -1,0 +1,301 @@
+"""Ledger import against real Postgres and Azurite: whole or nothing, once and only once."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+
+import psycopg
+import pytest
+
+from shared.adapters import blob
+from shared.config import (
+    LEDGER_IMPORTS_CONTAINER,
+    LEDGER_QUARANTINE_CONTAINER,
+    LEDGER_REPORTS_CONTAINER,
+    get_settings,
+)
+from shared.errors import NotFound
+from shared.services import audit, clients, ledger_import
+
+SIMPLE_CSV = (
+    "Date,Description,Amount\n"
+    "2026-03-01,Opening deposit,1000.00\n"
+    "2026-03-02,Coffee shop,-4.50\n"
+    "2026-03-02,Coffee shop,-4.50\n"
+    "2026-03-05,Office rent,-750.00\n"
+)
+
+
+def drop(client_id: uuid.UUID | str, name: str, data: bytes | str) -> str:
+    """Put a file where finance teams drop them and return its blob name."""
+    blob_name = f"{client_id}/{name}"
+    payload = data.encode() if isinstance(data, str) else data
+    blob.upload(LEDGER_IMPORTS_CONTAINER, blob_name, payload, content_type="text/csv")
+    return blob_name
+
+
+def ledger(services: dict[str, str], client_id: uuid.UUID) -> dict[str, object]:
+    """What the database holds for a client: counts and the balance of every entry."""
+    with psycopg.connect(services["DATABASE_URL"]) as conn:
+        bank = conn.execute(
+            "SELECT count(*), coalesce(sum(amount_minor), 0) FROM bank_transactions"
+            " WHERE client_id = %s",
+            (client_id,),
+        ).fetchone()
+        entries = conn.execute(
+            "SELECT count(*) FROM journal_entries WHERE client_id = %s", (client_id,)
+        ).fetchone()
+        unbalanced = conn.execute(
+            "SELECT count(*) FROM (SELECT entry_id FROM journal_lines WHERE client_id = %s"
+            " GROUP BY entry_id, currency HAVING sum(amount_minor) <> 0) u",
+            (client_id,),
+        ).fetchone()
+        by_account = dict(
+            conn.execute(
+                "SELECT a.code, sum(l.amount_minor) FROM journal_lines l"
+                " JOIN accounts a ON a.id = l.account_id WHERE l.client_id = %s"
+                " GROUP BY a.code",
+                (client_id,),
+            ).fetchall()
+        )
+    assert bank and entries and unbalanced
+    return {
+        "bank_rows": bank[0],
+        "bank_total": bank[1],
+        "entries": entries[0],
+        "unbalanced": unbalanced[0],
+        "by_account": by_account,
+    }
+
+
+def test_imports_a_bank_csv_and_posts_balanced_entries(services, client_id):
+    outcome = ledger_import.import_blob(drop(client_id, "march.csv", SIMPLE_CSV))
+
+    assert outcome.status == "imported"
+    report = outcome.report
+    assert (report["rows_read"], report["imported"], report["duplicates_skipped"]) == (4, 4, 0)
+    assert report["date_range"] == {"first": "2026-03-01", "last": "2026-03-05"}
+    assert report["totals"]["USD"] == {
+        "transactions": 4,
+        "inflow": "1000.00",
+        "outflow": "759.00",
+        "net": "241.00",
+    }
+    held = ledger(services, client_id)
+    assert held["bank_rows"] == 4
+    assert held["bank_total"] == 24100
+    assert held["entries"] == 4
+    assert held["unbalanced"] == 0
+    assert held["by_account"]["UNCATEGORISED-INCOME"] == -100000
+    assert held["by_account"]["UNCATEGORISED-EXPENSE"] == 75900
+
+    stored = json.loads(blob.read(LEDGER_REPORTS_CONTAINER, f"{client_id}/march.csv.json"))
+    assert stored["import_id"] == outcome.import_id
+    assert stored["sha256"] == report["sha256"]
+
+
+def test_the_same_blob_version_is_handled_once(services, client_id):
+    name = drop(client_id, "once.csv", SIMPLE_CSV)
+    first = ledger_import.import_blob(name)
+    again = ledger_import.import_blob(name)
+
+    assert first.status == "imported"
+    assert again.status == "already_processed"
+    assert again.import_id == first.import_id
+    assert ledger(services, client_id)["bank_rows"] == 4
+
+
+def test_reimporting_the_same_file_under_another_name_adds_nothing(services, client_id):
+    ledger_import.import_blob(drop(client_id, "a.csv", SIMPLE_CSV))
+    second = ledger_import.import_blob(drop(client_id, "a-again.csv", SIMPLE_CSV))
+
+    assert second.status == "imported"
+    assert (second.report["imported"], second.report["duplicates_skipped"]) == (0, 4)
+    assert ledger(services, client_id)["bank_rows"] == 4
+
+
+def test_an_overlapping_later_export_adds_only_the_new_rows(services, client_id):
+    ledger_import.import_blob(drop(client_id, "first.csv", SIMPLE_CSV))
+    later = (
+        "Date,Description,Amount\n"
+        "2026-03-02,Coffee shop,-4.50\n"
+        "2026-03-02,Coffee shop,-4.50\n"
+        "2026-03-05,Office rent,-750.00\n"
+        "2026-03-06,Client payment,2500.00\n"
+        "2026-03-06,Coffee shop,-4.50\n"
+    )
+    outcome = ledger_import.import_blob(drop(client_id, "second.csv", later))
+
+    assert (outcome.report["imported"], outcome.report["duplicates_skipped"]) == (2, 3)
+    held = ledger(services, client_id)
+    assert held["bank_rows"] == 6
+    assert held["bank_total"] == 24100 + 250000 - 450
+
+
+def test_rejects_a_file_with_a_bad_row_and_writes_nothing(services, client_id):
+    bad = SIMPLE_CSV + "2026-03-07,Broken amount,12.3.4\n"
+    name = drop(client_id, "bad.csv", bad)
+    outcome = ledger_import.import_blob(name)
+
+    assert outcome.status == "rejected"
+    assert outcome.report["error_count"] == 1
+    error = outcome.report["errors"][0]
+    assert (error["line"], error["value"]) == (6, "12.3.4")
+    assert ledger(services, client_id)["bank_rows"] == 0
+    assert ledger(services, client_id)["entries"] == 0
+
+    # Moved to quarantine beside its report, and gone from the drop folder.
+    assert blob.read(LEDGER_QUARANTINE_CONTAINER, name) == bad.encode()
+    quarantined = json.loads(blob.read(LEDGER_QUARANTINE_CONTAINER, f"{name}.report.json"))
+    assert quarantined["errors"][0]["line"] == 6
+    with pytest.raises(NotFound):
+        blob.read(LEDGER_IMPORTS_CONTAINER, name)
+
+
+def test_rejects_a_file_for_an_unknown_client(services):
+    stranger = uuid.uuid4()
+    outcome = ledger_import.import_blob(drop(stranger, "x.csv", SIMPLE_CSV))
+    assert outcome.status == "rejected"
+    assert outcome.report["reason"] == f"unknown client {stranger}"
+
+
+def test_rejects_a_file_outside_a_client_folder(services):
+    blob.upload(
+        LEDGER_IMPORTS_CONTAINER, "loose.csv", SIMPLE_CSV.encode(), content_type="text/csv"
+    )
+    outcome = ledger_import.import_blob("loose.csv")
+    assert outcome.status == "rejected"
+    assert "is not in a client folder" in outcome.report["reason"]
+
+
+def test_rejects_a_file_over_the_size_limit(services, client_id, monkeypatch):
+    monkeypatch.setattr(get_settings(), "ledger_import_max_bytes", 50)
+    outcome = ledger_import.import_blob(drop(client_id, "big.csv", SIMPLE_CSV))
+    assert outcome.status == "rejected"
+    assert outcome.report["reason"].startswith(f"file is {len(SIMPLE_CSV)} bytes, over the import")
+
+
+def test_keeps_formula_like_payees_as_plain_text(services, client_id):
+    payee = '=HYPERLINK("http://example.invalid","click")'
+    csv = f'Date,Description,Amount\n2026-04-01,"{payee.replace(chr(34), chr(34) * 2)}",-1.00\n'
+    outcome = ledger_import.import_blob(drop(client_id, "formula.csv", csv))
+
+    assert outcome.status == "imported"
+    with psycopg.connect(services["DATABASE_URL"]) as conn:
+        stored = conn.execute(
+            "SELECT description FROM bank_transactions WHERE client_id = %s", (client_id,)
+        ).fetchone()
+    assert stored == (payee,)
+
+
+def test_the_same_file_dropped_twice_at_once_is_imported_once(services, client_id):
+    rows = "".join(f"2026-05-{d:02d},Payment {d},-{d}.00\n" for d in range(1, 29))
+    csv = "Date,Description,Amount\n" + rows
+    names = [drop(client_id, f"twin-{n}.csv", csv) for n in range(2)]
+    outcomes: list[ledger_import.ImportOutcome] = []
+
+    threads = [
+        threading.Thread(target=lambda n=n: outcomes.append(ledger_import.import_blob(n)))
+        for n in names
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(o.report["imported"] for o in outcomes) == [0, 28]
+    assert sorted(o.report["duplicates_skipped"] for o in outcomes) == [0, 28]
+    assert ledger(services, client_id)["bank_rows"] == 28
+
+
+JOURNAL = (
+    "date,entry,account,debit,credit,memo\n"
+    "2026-01-31,JE-1,6000,120.00,,January software\n"
+    "2026-01-31,JE-1,1000,,120.00,\n"
+    "2026-01-31,JE-2,1100,500.00,,Invoice 7\n"
+    "2026-01-31,JE-2,Revenue,,500.00,\n"
+)
+
+
+def test_posts_a_journal_file_as_given(services, client_id):
+    outcome = ledger_import.import_blob(drop(client_id, "journal.csv", JOURNAL))
+
+    assert outcome.status == "imported", outcome.report
+    assert outcome.report["format"] == "journal_csv"
+    assert (outcome.report["imported"], outcome.report["duplicates_skipped"]) == (2, 0)
+    held = ledger(services, client_id)
+    assert held["entries"] == 2
+    assert held["by_account"] == {"6000": 12000, "1000": -12000, "1100": 50000, "4000": -50000}
+
+    again = ledger_import.import_blob(drop(client_id, "journal-again.csv", JOURNAL))
+    assert (again.report["imported"], again.report["duplicates_skipped"]) == (0, 2)
+    assert ledger(services, client_id)["entries"] == 2
+
+
+def test_rejects_a_journal_with_an_unbalanced_entry(services, client_id):
+    unbalanced = JOURNAL.replace(
+        "2026-01-31,JE-2,Revenue,,500.00,", "2026-01-31,JE-2,4000,,499.99,"
+    )
+    outcome = ledger_import.import_blob(drop(client_id, "unbalanced.csv", unbalanced))
+
+    assert outcome.status == "rejected"
+    assert outcome.report["errors"] == [
+        {
+            "line": 4,
+            "column": "entry",
+            "value": "JE-2",
+            "reason": "entry does not balance in USD: debits 500.00 USD, credits 499.99 USD",
+        }
+    ]
+    assert ledger(services, client_id)["entries"] == 0
+
+
+def test_rejects_a_journal_naming_an_unknown_account(services, client_id):
+    unknown = JOURNAL.replace("JE-1,1000,", "JE-1,Petty cash,")
+    outcome = ledger_import.import_blob(drop(client_id, "unknown.csv", unknown))
+
+    assert outcome.status == "rejected"
+    assert outcome.report["errors"][0]["line"] == 3
+    assert outcome.report["errors"][0]["value"] == "Petty cash"
+    assert "unknown account" in outcome.report["errors"][0]["reason"]
+    assert ledger(services, client_id)["entries"] == 0
+
+
+def test_a_dry_run_reports_and_writes_nothing(services, client_id):
+    report = ledger_import.preview(str(client_id), SIMPLE_CSV.encode(), "preview.csv")
+
+    assert report["dry_run"] is True
+    assert (report["rows_read"], report["imported"]) == (4, 4)
+    assert ledger(services, client_id)["bank_rows"] == 0
+    assert ledger_import.list_imports(client_id) == []
+
+
+def test_another_clients_import_is_not_found(services, client_id, firm):
+    outcome = ledger_import.import_blob(drop(client_id, "mine.csv", SIMPLE_CSV))
+    other = clients.create_client(firm, "Someone else")
+    assert outcome.import_id is not None
+
+    with pytest.raises(NotFound, match=f"import {outcome.import_id} not found"):
+        ledger_import.get_report(other, outcome.import_id)
+    assert ledger_import.get_report(client_id, outcome.import_id)["imported"] == 4
+
+
+def test_every_import_and_rejection_is_in_an_intact_audit_chain(services, client_id):
+    ledger_import.import_blob(drop(client_id, "ok.csv", SIMPLE_CSV))
+    ledger_import.import_blob(drop(client_id, "bad.csv", "Date,Description,Amount\nnope,x,y\n"))
+
+    with psycopg.connect(services["DATABASE_URL"]) as conn:
+        actions = [
+            r[0]
+            for r in conn.execute(
+                "SELECT action FROM audit_log WHERE client_id = %s ORDER BY seq", (client_id,)
+            )
+        ]
+        assert actions == [
+            "client.created",
+            "ledger.import.imported",
+            "ledger.import.rejected",
+        ]
+        assert audit.verify(conn, client_id) == []
