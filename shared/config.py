@@ -65,7 +65,9 @@ class Settings(BaseSettings):
     )
     """When set, logs and traces go to Application Insights."""
 
-    log_level: str = Field(default="INFO", alias="LOG_LEVEL", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    log_level: str = Field(
+        default="INFO", alias="LOG_LEVEL", pattern="^(DEBUG|INFO|WARNING|ERROR)$"
+    )
     """Lowest level logged by the app's own loggers."""
 
     @model_validator(mode="after")

@@ -276,6 +276,7 @@ def _import(
         },
         "totals": _render_totals(tally, is_journal),
         "balance_check": [] if is_journal else _balance_check(conn, client, parsed.balances),
+        "warnings": [] if is_journal else _repeated_fitids(conn),
         "detected": _jsonable(parsed.details),
         "started_at": started.isoformat(),
         "finished_at": datetime.now(UTC).isoformat(),
@@ -407,14 +408,19 @@ def _post_bank(conn: psycopg.Connection, client: Client, import_id: int) -> tupl
         """
         WITH keyed AS (
             SELECT s.*, a.id AS account_id,
-                   CASE WHEN s.fitid IS NOT NULL THEN 'fitid:' || s.fitid
-                        ELSE 'row:' || s.row_key || ':' || row_number() OVER (
-                            PARTITION BY s.account_ref, s.row_key ORDER BY s.line)
+                   -- A FITID repeated inside one file (banks do reuse them) numbers its
+                   -- later uses, so no transaction of the file is taken for a repeat.
+                   CASE WHEN s.fitid IS NOT NULL THEN 'fitid:' || s.fitid || CASE
+                            WHEN row_number() OVER by_fitid > 1
+                            THEN ':' || row_number() OVER by_fitid ELSE '' END
+                        ELSE 'row:' || s.row_key || ':' || row_number() OVER by_row
                    END AS dedupe_key
             FROM stage_bank s
             JOIN accounts a ON a.client_id = %(client)s
                            AND a.external_ref = 'bank:' || encode(sha256(convert_to(
                                s.account_ref, 'UTF8')), 'hex')
+            WINDOW by_fitid AS (PARTITION BY s.account_ref, s.fitid ORDER BY s.line),
+                   by_row AS (PARTITION BY s.account_ref, s.row_key ORDER BY s.line)
         ),
         new_tx AS (
             INSERT INTO bank_transactions
@@ -451,6 +457,22 @@ def _post_bank(conn: psycopg.Connection, client: Client, import_id: int) -> tupl
     assert row is not None
     imported, staged = int(row[0]), int(row[1])
     return imported, staged - imported
+
+
+def _repeated_fitids(conn: psycopg.Connection) -> list[str]:
+    """Name each FITID the file uses more than once; all its rows were imported."""
+    rows = conn.execute(
+        """
+        SELECT fitid, count(*), min(line) FROM stage_bank WHERE fitid IS NOT NULL
+        GROUP BY account_ref, fitid HAVING count(*) > 1 ORDER BY 3 LIMIT %s
+        """,
+        (LEDGER_REPORT_MAX_ERRORS,),
+    ).fetchall()
+    return [
+        f"FITID {fitid!r} is used by {count} transactions (first on line {line}); "
+        "each was imported as its own transaction"
+        for fitid, count, line in rows
+    ]
 
 
 def _ensure_bank_accounts(conn: psycopg.Connection, client: Client) -> None:
@@ -539,7 +561,9 @@ def _post_journal(conn: psycopg.Connection, client: Client, import_id: int) -> t
         grouped AS (
             SELECT entry_ref, min(booked_on) AS booked_on, min(line) AS first_line,
                    string_agg(nullif(memo, ''), ' / ' ORDER BY line) AS memo,
-                   'journal:' || encode(sha256(convert_to(string_agg(
+                   -- The file's own entry reference is part of the key: two entries with
+                   -- the same lines in one file are two entries, not a repeat.
+                   'journal:' || encode(sha256(convert_to(entry_ref || ';' || string_agg(
                        concat_ws('|', booked_on, account_id, debit_minor, credit_minor, currency),
                        ';' ORDER BY line), 'UTF8')), 'hex') AS dedupe_key
             FROM resolved GROUP BY entry_ref

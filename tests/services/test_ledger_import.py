@@ -299,3 +299,47 @@ def test_every_import_and_rejection_is_in_an_intact_audit_chain(services, client
             "ledger.import.rejected",
         ]
         assert audit.verify(conn, client_id) == []
+
+
+def test_two_identical_entries_in_one_journal_file_are_both_posted(services, client_id):
+    twins = (
+        "date,entry,account,debit,credit,memo\n"
+        "2026-02-28,JE-10,6000,50.00,,Fee\n"
+        "2026-02-28,JE-10,1000,,50.00,\n"
+        "2026-02-28,JE-11,6000,50.00,,Fee\n"
+        "2026-02-28,JE-11,1000,,50.00,\n"
+    )
+    outcome = ledger_import.import_blob(drop(client_id, "twins.csv", twins))
+
+    assert (outcome.report["imported"], outcome.report["duplicates_skipped"]) == (2, 0)
+    assert ledger(services, client_id)["by_account"] == {"6000": 10000, "1000": -10000}
+
+
+def test_a_fitid_reused_inside_one_file_loses_no_transaction(services, client_id):
+    ofx = (
+        "OFXHEADER:100\nDATA:OFXSGML\nVERSION:102\nSECURITY:NONE\nENCODING:USASCII\n"
+        "CHARSET:1252\nCOMPRESSION:NONE\nOLDFILEUID:NONE\nNEWFILEUID:NONE\n\n"
+        "<OFX><SIGNONMSGSRSV1><SONRS><STATUS><CODE>0<SEVERITY>INFO</STATUS>"
+        "<DTSERVER>20260101<LANGUAGE>ENG</SONRS></SIGNONMSGSRSV1>"
+        "<BANKMSGSRSV1><STMTTRNRS><TRNUID>1<STATUS><CODE>0<SEVERITY>INFO</STATUS>"
+        "<STMTRS><CURDEF>USD<BANKACCTFROM><BANKID>1<ACCTID>99887766<ACCTTYPE>CHECKING"
+        "</BANKACCTFROM><BANKTRANLIST><DTSTART>20260101<DTEND>20260131"
+        "<STMTTRN><TRNTYPE>DEBIT<DTPOSTED>20260105<TRNAMT>-55.00<FITID>777<NAME>Transfer"
+        "</STMTTRN><STMTTRN><TRNTYPE>DEBIT<DTPOSTED>20260106<TRNAMT>-1000.00<FITID>777"
+        "<NAME>Check 23400</STMTTRN></BANKTRANLIST>"
+        "<LEDGERBAL><BALAMT>-1055.00<DTASOF>20260131</LEDGERBAL>"
+        "</STMTRS></STMTTRNRS></BANKMSGSRSV1></OFX>\n"
+    )
+    outcome = ledger_import.import_blob(drop(client_id, "reused.ofx", ofx))
+
+    assert outcome.status == "imported", outcome.report
+    assert outcome.report["imported"] == 2
+    assert ledger(services, client_id)["bank_total"] == -105500
+    assert outcome.report["warnings"] == [
+        "FITID '777' is used by 2 transactions (first on line 11); "
+        "each was imported as its own transaction"
+    ]
+    assert outcome.report["balance_check"][0]["matches"] is True
+
+    again = ledger_import.import_blob(drop(client_id, "reused-again.ofx", ofx))
+    assert (again.report["imported"], again.report["duplicates_skipped"]) == (0, 2)

@@ -10,8 +10,13 @@ from shared.errors import ConfigError
 
 @pytest.fixture()
 def clean_env(monkeypatch: pytest.MonkeyPatch):
-    for name in ("DATABASE_URL", "AzureWebJobsStorage", "AzureWebJobsStorage__accountName",
-                 "LEDGER_IMPORT_MAX_BYTES", "LOG_LEVEL"):
+    for name in (
+        "DATABASE_URL",
+        "AzureWebJobsStorage",
+        "AzureWebJobsStorage__accountName",
+        "LEDGER_IMPORT_MAX_BYTES",
+        "LOG_LEVEL",
+    ):
         monkeypatch.delenv(name, raising=False)
     get_settings.cache_clear()
     yield monkeypatch
@@ -28,7 +33,9 @@ def test_names_an_invalid_setting(clean_env):
     clean_env.setenv("DATABASE_URL", "postgresql://x")
     clean_env.setenv("AzureWebJobsStorage", "UseDevelopmentStorage=true")
     clean_env.setenv("LEDGER_IMPORT_MAX_BYTES", "lots")
-    with pytest.raises(ConfigError, match="LEDGER_IMPORT_MAX_BYTES: Input should be a valid integer"):
+    with pytest.raises(
+        ConfigError, match="LEDGER_IMPORT_MAX_BYTES: Input should be a valid integer"
+    ):
         get_settings()
 
 
