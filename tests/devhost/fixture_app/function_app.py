@@ -1,0 +1,208 @@
+"""The app the devhost tests serve: one small function per behaviour under test.
+
+Every invocation is recorded in ``CALLS`` (function name -> list of what it saw).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import threading
+from collections import defaultdict
+from typing import Any
+
+import azure.durable_functions as df
+import azure.functions as func
+from azure.storage.blob import BlobClient
+from fixture_blueprint import bp
+
+app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
+app.register_functions(bp)
+
+CALLS: dict[str, list[dict[str, Any]]] = defaultdict(list)
+_LOCK = threading.Lock()
+RELEASE = threading.Event()
+HANG_RELEASE = threading.Event()
+STORAGE_SETTING = "AzureWebJobsStorage"
+
+
+def record(function: str, **seen: Any) -> int:
+    """Note one call; returns how many calls ``function`` has had with the same ``key``."""
+    with _LOCK:
+        CALLS[function].append(seen)
+        return sum(1 for c in CALLS[function] if c.get("key") == seen.get("key"))
+
+
+# -- HTTP -------------------------------------------------------------------------------
+
+
+@app.route(route="hello/{name?}", methods=["GET", "POST"], auth_level=func.AuthLevel.ANONYMOUS)
+def hello(req: func.HttpRequest) -> func.HttpResponse:
+    payload = {
+        "method": req.method,
+        "name": req.route_params.get("name"),
+        "q": req.params.get("q"),
+        "body": req.get_body().decode(),
+        "url": req.url,
+        "header": req.headers.get("x-test"),
+    }
+    return func.HttpResponse(json.dumps(payload), mimetype="application/json")
+
+
+@app.route(route="items/{id:int}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def item_by_id(req: func.HttpRequest) -> func.HttpResponse:
+    return func.HttpResponse(f"item {req.route_params['id']}")
+
+
+@app.route(route="items/special", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def item_special(req: func.HttpRequest) -> func.HttpResponse:
+    return func.HttpResponse("special item")
+
+
+@app.route(route="echo", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+def echo(req: func.HttpRequest) -> func.HttpResponse:
+    response = func.HttpResponse(
+        req.get_body(),
+        status_code=201,
+        headers={"X-Echo-Length": str(len(req.get_body()))},
+        mimetype="application/octet-stream",
+    )
+    response.headers.add("Set-Cookie", "a=1")
+    response.headers.add("Set-Cookie", "b=2")
+    return response
+
+
+@app.route(route="secured", methods=["GET"])
+def secured(req: func.HttpRequest) -> str:
+    return "function level ok"
+
+
+@app.route(route="admin/thing", methods=["GET"], auth_level=func.AuthLevel.ADMIN)
+def admin_thing(req: func.HttpRequest) -> str:
+    return "admin level ok"
+
+
+@app.route(route="boom", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def boom(req: func.HttpRequest) -> func.HttpResponse:
+    raise RuntimeError("the fixture fails on purpose")
+
+
+@app.route(route="slow", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def slow(req: func.HttpRequest) -> func.HttpResponse:
+    released = RELEASE.wait(timeout=20)
+    return func.HttpResponse("released" if released else "timed out")
+
+
+@app.route(route="release", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+def release(req: func.HttpRequest) -> func.HttpResponse:
+    RELEASE.set()
+    return func.HttpResponse("ok")
+
+
+@app.route(route="async/{name}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def async_hello(req: func.HttpRequest) -> func.HttpResponse:
+    return func.HttpResponse(f"async hello {req.route_params['name']}")
+
+
+@app.route(route="ctx", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def with_context(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
+    return func.HttpResponse(f"{context.function_name} {context.invocation_id}")
+
+
+# -- blobs ------------------------------------------------------------------------------
+
+
+def _seen(blob: func.InputStream) -> dict[str, Any]:
+    data = blob.read()
+    return {
+        "key": f"{blob.name}",
+        "name": blob.name,
+        "length": blob.length,
+        "uri": blob.uri,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "content": data[:64],
+        "etag": (blob.blob_properties or {}).get("ETag"),
+        "is_input_stream": isinstance(blob, func.InputStream),
+    }
+
+
+@app.blob_trigger(arg_name="blob", path="fx-once/{name}", connection="AzureWebJobsStorage")
+def blob_once(blob: func.InputStream) -> None:
+    record("blob_once", **_seen(blob))
+
+
+@app.blob_trigger(arg_name="blob", path="fx-flaky/{name}", connection="AzureWebJobsStorage")
+def blob_flaky(blob: func.InputStream, context: func.Context) -> None:
+    seen = _seen(blob)
+    if record("blob_flaky", retry=context.retry_context.retry_count, **seen) < 3:
+        raise RuntimeError("flaky: fails on the first two attempts")
+
+
+@app.blob_trigger(arg_name="blob", path="fx-poison/{name}", connection="AzureWebJobsStorage")
+async def blob_poison(blob: func.InputStream) -> None:
+    record("blob_poison", **_seen(blob))
+    raise ValueError("this blob can never be processed")
+
+
+@app.blob_trigger(arg_name="blob", path="fx-vanish/{name}", connection="AzureWebJobsStorage")
+def blob_vanish(blob: func.InputStream) -> None:
+    record("blob_vanish", **_seen(blob))
+    container, _, name = str(blob.name).partition("/")
+    BlobClient.from_connection_string(os.environ[STORAGE_SETTING], container, name).delete_blob()
+    raise RuntimeError("moved the blob away, then failed")
+
+
+@app.blob_trigger(arg_name="blob", path="fx-hang/{name}", connection="AzureWebJobsStorage")
+async def blob_hang(blob: func.InputStream) -> None:
+    record("blob_hang", **_seen(blob))
+    while not HANG_RELEASE.is_set():
+        await asyncio.sleep(0.01)
+
+
+@app.blob_trigger(
+    arg_name="blob", path="fx-params/{client_id}/{name}", connection="AzureWebJobsStorage"
+)
+def blob_params(blob: func.InputStream) -> None:
+    record("blob_params", **_seen(blob))
+
+
+# -- timers -----------------------------------------------------------------------------
+
+
+@app.timer_trigger(schedule="%FX_TICK_SCHEDULE%", arg_name="timer", run_on_startup=False)
+def tick(timer: func.TimerRequest) -> None:
+    record("tick", past_due=timer.past_due, status=dict(timer.schedule_status), kind=type(timer))
+
+
+@app.timer_trigger(
+    schedule="0 0 0 1 1 *", arg_name="timer", run_on_startup=True, use_monitor=False
+)
+def startup_tick(timer: func.TimerRequest) -> None:
+    record("startup_tick", past_due=timer.past_due)
+
+
+# -- not served yet ---------------------------------------------------------------------
+
+
+@app.service_bus_queue_trigger(arg_name="msg", queue_name="orders", connection="FxServiceBus")
+def on_order(msg: func.ServiceBusMessage) -> None:
+    record("on_order")
+
+
+@app.route(route="orchestrators/{name}", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+@app.durable_client_input(client_name="client")
+async def start_orchestration(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> Any:
+    return await client.start_new(req.route_params["name"])
+
+
+@app.orchestration_trigger(context_name="context")
+def fx_orchestrator(context: df.DurableOrchestrationContext) -> Any:
+    result = yield context.call_activity("fx_activity", "x")
+    return result
+
+
+@app.activity_trigger(input_name="payload")
+def fx_activity(payload: str) -> str:
+    return payload.upper()
