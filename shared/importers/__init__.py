@@ -1,0 +1,183 @@
+"""Ledger import parsing: bank CSV, OFX/QFX and journal CSV files to records, from content alone.
+
+``parse_file`` is the one entry point; it never touches a database or the network.
+"""
+
+from __future__ import annotations
+
+from typing import BinaryIO
+
+from shared.domain.imports import FileFormat, MappingProfile, ParsedFile
+from shared.errors import ValidationError
+from shared.importers.bank_csv import BankRows, describe_layout, settle_layout
+from shared.importers.dialect import settle_amounts, settle_currency, settle_dates
+from shared.importers.journal_csv import JournalRows
+from shared.importers.ofx import declared_encoding, parse_ofx
+from shared.importers.report import MAX_STORED_ERRORS, ErrorLog
+from shared.importers.sniff import (
+    NOT_RECOGNISED,
+    CsvPlan,
+    looks_like_markup,
+    looks_like_ofx,
+    plan_csv,
+)
+from shared.importers.text import (
+    SNIFF_BYTES,
+    Encoding,
+    FileRejected,
+    decode_head,
+    describe_binary,
+    detect_encoding,
+)
+
+__all__ = ["MAX_STORED_ERRORS", "UnsupportedFile", "parse_file"]
+
+
+class UnsupportedFile(ValidationError):
+    """The file as a whole cannot be imported.
+
+    ``str(error)`` is a stable sentence naming the reason (tests and reports match on it);
+    ``file_name`` is the name the file was given, for messages around it.
+    """
+
+    def __init__(self, reason: str, *, file_name: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.file_name = file_name
+
+
+def parse_file(
+    stream: BinaryIO,
+    *,
+    name: str,
+    default_currency: str,
+    profile: MappingProfile | None = None,
+) -> ParsedFile:
+    """Detect a ledger file's format from its content and start reading its records.
+
+    Detection, dialect, header and whole-file checks happen here; the records are then read
+    lazily from ``stream``, which must stay open until they are consumed. CSV files are
+    streamed row by row (memory does not grow with file size); OFX files are parsed whole.
+    Row problems do not raise: they fill ``ParsedFile.errors`` (first 1000 kept, all counted
+    in ``details["error_count"]``) while the records are read, and the row is left out.
+
+    Args:
+        stream: a seekable binary file; it may be read more than once.
+        name: the file's name, only for messages; it never decides the format.
+        default_currency: ISO 4217 code for amounts whose currency the file and the profile
+            leave open.
+        profile: the client's mapping profile; whatever it sets wins over detection.
+
+    Returns:
+        The parsed file: its format, the lazy records, and what was detected in ``details``.
+
+    Raises:
+        UnsupportedFile: the whole file is rejected (empty, binary, not a known format,
+            unmappable header, ambiguous dates, OFX without a statement...).
+        ValidationError: ``default_currency`` is not an ISO 4217 code.
+    """
+    try:
+        return _parse(stream, name, default_currency, profile)
+    except FileRejected as exc:
+        raise UnsupportedFile(str(exc), file_name=name) from None
+
+
+def _parse(
+    stream: BinaryIO, name: str, default_currency: str, profile: MappingProfile | None
+) -> ParsedFile:
+    # Refuse what is not text at all before guessing encodings.
+    stream.seek(0)
+    head = stream.read(SNIFF_BYTES)
+    if not head:
+        raise FileRejected("file is empty (0 bytes)")
+    binary = describe_binary(head)
+    if binary is not None:
+        raise FileRejected(f"{NOT_RECOGNISED}: it is {binary}")
+
+    # Decode the start of the file; the whole file is checked when UTF-8 is in question.
+    complete = len(head) < SNIFF_BYTES
+    forced = profile.encoding if profile else None
+    encoding = detect_encoding(stream, head, declared=declared_encoding(head), forced=forced)
+    text = decode_head(head, encoding, complete=complete)
+    if not text.strip():
+        raise FileRejected("file is empty (only blank lines or spaces)")
+    details: dict[str, object] = {
+        "file_name": name,
+        "encoding": encoding.label,
+        "encoding_source": encoding.source,
+    }
+
+    # The format follows from the content: OFX markup, other markup, or delimited text.
+    if looks_like_ofx(text):
+        return _parse_ofx(stream, encoding, default_currency, details)
+    if looks_like_markup(text):
+        raise FileRejected(f"{NOT_RECOGNISED}: it is XML or HTML without an <OFX> element")
+    plan = plan_csv(text, profile, complete=complete)
+    details.update(
+        delimiter="tab" if plan.delimiter == "\t" else plan.delimiter,
+        header_line=plan.header_line,
+        header=[cell.strip() for cell in plan.header],
+    )
+    if plan.kind == "journal":
+        return _parse_journal(stream, encoding, plan, profile, default_currency, details)
+    return _parse_bank(stream, encoding, plan, profile, default_currency, details)
+
+
+def _parse_ofx(
+    stream: BinaryIO, encoding: Encoding, default_currency: str, details: dict[str, object]
+) -> ParsedFile:
+    stream.seek(0)
+    text = stream.read().decode(encoding.codec, errors="replace")
+    parsed = ParsedFile(FileFormat.OFX_SGML, iter(()), details=details)
+    log = ErrorLog(parsed.errors, parsed.details)
+    result = parse_ofx(text, default_currency=default_currency, log=log)
+    parsed.format = result.format
+    parsed.records = iter(result.records)
+    parsed.balances.extend(result.balances)
+    parsed.details.update(result.details)
+    return parsed
+
+
+def _parse_bank(
+    stream: BinaryIO,
+    encoding: Encoding,
+    plan: CsvPlan,
+    profile: MappingProfile | None,
+    default_currency: str,
+    details: dict[str, object],
+) -> ParsedFile:
+    layout = settle_layout(plan, stream, encoding, profile, default_currency)
+    details.update(describe_layout(layout))
+    parsed = ParsedFile(FileFormat.BANK_CSV, iter(()), details=details)
+    log = ErrorLog(parsed.errors, parsed.details)
+    rows = BankRows(stream, encoding, plan, layout, log, parsed.balances, parsed.details)
+    parsed.records = iter(rows)
+    return parsed
+
+
+def _parse_journal(
+    stream: BinaryIO,
+    encoding: Encoding,
+    plan: CsvPlan,
+    profile: MappingProfile | None,
+    default_currency: str,
+    details: dict[str, object],
+) -> ParsedFile:
+    amounts, decimal_source = settle_amounts(plan, profile)
+    dates = settle_dates(plan, stream, encoding, profile)
+    currency = settle_currency(plan, profile, default_currency)
+    details.update(
+        columns=plan.columns.described(),
+        date_format=dates.format.label,
+        date_order=dates.format.order,
+        decimal_separator=amounts.decimal,
+        decimal_separator_source=decimal_source,
+        currency=currency.code,
+        currency_source=currency.source,
+        amount_layout="split" if plan.columns.single.keys() >= {"debit", "credit"} else "signed",
+    )
+    parsed = ParsedFile(FileFormat.JOURNAL_CSV, iter(()), details=details)
+    log = ErrorLog(parsed.errors, parsed.details)
+    rows = JournalRows(stream, encoding, plan, dates, amounts, currency, log, parsed.details)
+    parsed.records = iter(rows)
+    return parsed
