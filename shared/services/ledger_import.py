@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import IO, Any
+from typing import Any, BinaryIO
 
 import psycopg
 
@@ -216,7 +216,7 @@ def _load_client(conn: psycopg.Connection, client_part: str) -> Client:
 def _import(
     conn: psycopg.Connection,
     client: Client,
-    spool: IO[bytes],
+    spool: BinaryIO,
     file_name: str,
     header: dict[str, Any],
     started: datetime,
@@ -245,7 +245,8 @@ def _import(
     else:
         tally = _stage_bank(conn, parsed.records, parsed.errors)  # type: ignore[arg-type]
 
-    error_count = int(parsed.details.get("error_count", len(parsed.errors)))
+    counted = parsed.details.get("error_count")
+    error_count = counted if isinstance(counted, int) else len(parsed.errors)
     if parsed.errors:
         raise Rejected(
             f"{error_count} row(s) are invalid; nothing was imported",
@@ -714,7 +715,7 @@ def _reject(
     header: dict[str, Any],
     started: datetime,
     rejected: Rejected,
-    spool: IO[bytes],
+    spool: BinaryIO,
 ) -> ImportOutcome:
     """Move the file to quarantine with its report and record the rejection."""
     report = _rejection_report(header, started, rejected)

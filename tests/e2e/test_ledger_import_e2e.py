@@ -127,7 +127,7 @@ def test_the_same_corpus_file_dropped_again_adds_nothing(app: App, corpus_outcom
 
 
 def test_reports_and_quarantine_land_in_blob_storage(app: App, corpus_outcomes) -> None:
-    imported, client = corpus_outcomes["ofx/ofxparse__checking.ofx"]
+    _, client = corpus_outcomes["ofx/ofxparse__checking.ofx"]
     report = (
         app.blobs.get_blob_client("ledger-reports", f"{client}/ofxparse__checking.ofx.json")
         .download_blob()
