@@ -14,7 +14,7 @@ import logging
 import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from typing import Any, BinaryIO
 
@@ -243,7 +243,13 @@ def _import(
     if is_journal:
         tally = _stage_journal(conn, parsed.records)  # type: ignore[arg-type]
     else:
-        tally = _stage_bank(conn, parsed.records, parsed.errors)  # type: ignore[arg-type]
+        # A sub-folder (``<client>/<account>/<file>``) names the bank account for files
+        # that do not name one themselves, so two accounts' exports never merge.
+        folder = file_name.rpartition("/")[0]
+        tally = _stage_bank(conn, parsed.records, parsed.errors, folder)  # type: ignore[arg-type]
+        parsed.balances = [
+            replace(b, account_ref=b.account_ref or folder) for b in parsed.balances
+        ]
 
     counted = parsed.details.get("error_count")
     error_count = counted if isinstance(counted, int) else len(parsed.errors)
@@ -355,7 +361,10 @@ def _check_amount(line: int, column: str, amount: int, errors: list[RowError]) -
 
 
 def _stage_bank(
-    conn: psycopg.Connection, records: Iterator[BankTxn], errors: list[RowError]
+    conn: psycopg.Connection,
+    records: Iterator[BankTxn],
+    errors: list[RowError],
+    default_account: str,
 ) -> _Tally:
     conn.execute(
         """
@@ -380,7 +389,7 @@ def _stage_bank(
             copy.write_row(
                 (
                     txn.line,
-                    txn.account_ref,
+                    txn.account_ref or default_account,
                     txn.booked_on,
                     amount,
                     txn.currency,
@@ -481,7 +490,7 @@ def _ensure_bank_accounts(conn: psycopg.Connection, client: Client) -> None:
     refs = [r[0] for r in conn.execute("SELECT DISTINCT account_ref FROM stage_bank")]
     for ref in refs:
         digest = hashlib.sha256(ref.encode()).hexdigest()
-        shown = f" …{ref[-4:]}" if ref else ""
+        shown = f" {_account_label(ref)}" if ref else ""
         conn.execute(
             """
             INSERT INTO accounts (client_id, code, name, type, external_ref)
@@ -490,6 +499,13 @@ def _ensure_bank_accounts(conn: psycopg.Connection, client: Client) -> None:
             """,
             (client.id, f"BANK-{digest[:8].upper()}", f"Bank account{shown}", f"bank:{digest}"),
         )
+
+
+def _account_label(ref: str) -> str:
+    """A name for an account reference: numbers masked to their last four, labels as is."""
+    if sum(ch.isdigit() for ch in ref) >= 4:
+        return f"…{ref[-4:]}"
+    return ref
 
 
 def _system_account(conn: psycopg.Connection, client: Client, spec: tuple[str, str, str]) -> int:
@@ -662,7 +678,7 @@ def _balance_check(
         ledger = int(row[0]) if row else 0
         checks.append(
             {
-                "account": f"…{stated.account_ref[-4:]}" if stated.account_ref else "",
+                "account": _account_label(stated.account_ref),
                 "currency": stated.currency,
                 "as_of": stated.as_of.isoformat() if stated.as_of else None,
                 "stated": str(Money(stated.amount_minor, stated.currency).to_decimal()),

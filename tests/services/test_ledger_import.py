@@ -343,3 +343,32 @@ def test_a_fitid_reused_inside_one_file_loses_no_transaction(services, client_id
 
     again = ledger_import.import_blob(drop(client_id, "reused-again.ofx", ofx))
     assert (again.report["imported"], again.report["duplicates_skipped"]) == (0, 2)
+
+
+def test_a_sub_folder_names_the_bank_account_of_a_file_that_does_not(services, client_id):
+    ledger_import.import_blob(drop(client_id, "checking/march.csv", SIMPLE_CSV))
+    savings = ledger_import.import_blob(drop(client_id, "savings/march.csv", SIMPLE_CSV))
+
+    # The same rows on another account are that account's own transactions, not repeats.
+    assert (savings.report["imported"], savings.report["duplicates_skipped"]) == (4, 0)
+    with psycopg.connect(services["DATABASE_URL"]) as conn:
+        per_account = conn.execute(
+            "SELECT a.name, count(*) FROM bank_transactions t JOIN accounts a"
+            " ON a.id = t.account_id WHERE t.client_id = %s GROUP BY a.name ORDER BY 1",
+            (client_id,),
+        ).fetchall()
+    assert per_account == [("Bank account checking", 4), ("Bank account savings", 4)]
+
+
+def test_account_numbers_are_masked_in_account_names(services, client_id):
+    csv = (
+        "Account Number,Date,Description,Amount\n"
+        "X12345678,2026-03-01,Deposit,10.00\n"
+    )
+    outcome = ledger_import.import_blob(drop(client_id, "accounts.csv", csv))
+    assert outcome.status == "imported", outcome.report
+    with psycopg.connect(services["DATABASE_URL"]) as conn:
+        names = [r[0] for r in conn.execute(
+            "SELECT name FROM accounts WHERE client_id = %s AND code LIKE 'BANK-%%'", (client_id,)
+        )]
+    assert names == ["Bank account …5678"]
