@@ -3,6 +3,11 @@
 -- Amounts are integer minor units with an ISO 4217 code; a line's sign is its side
 -- (debit positive, credit negative). Entries and lines are append-only, and every entry
 -- balances per currency when its transaction commits, whatever code wrote it.
+--
+-- The three high-volume tables (journal_entries, journal_lines, bank_transactions) take a
+-- row per imported bank line, so their references are checked once per statement over
+-- the whole set (see the triggers below) instead of by a foreign-key check per row, which
+-- cost more than the inserts themselves. The rows they point at can never be deleted.
 
 CREATE TABLE firms (
     id          uuid PRIMARY KEY DEFAULT gen_random_uuid(),
@@ -61,15 +66,15 @@ CREATE INDEX ledger_imports_client_idx ON ledger_imports (client_id, id DESC);
 
 CREATE TABLE journal_entries (
     id          bigserial PRIMARY KEY,
-    client_id   uuid NOT NULL REFERENCES clients (id),
+    client_id   uuid NOT NULL,
     booked_on   date NOT NULL,
     reference   text,
     memo        text NOT NULL DEFAULT '',
     source      text NOT NULL CHECK (source IN ('bank_import', 'journal_import', 'manual')),
-    import_id   bigint REFERENCES ledger_imports (id),
+    import_id   bigint,
     -- Set for entries whose repetition would double-count (journal-file entries).
     dedupe_key  text,
-    reverses_id bigint REFERENCES journal_entries (id),
+    reverses_id bigint,
     created_xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
     created_at  timestamptz NOT NULL DEFAULT now(),
     UNIQUE (client_id, dedupe_key)
@@ -78,9 +83,9 @@ CREATE INDEX journal_entries_client_date_idx ON journal_entries (client_id, book
 
 CREATE TABLE journal_lines (
     id           bigserial PRIMARY KEY,
-    entry_id     bigint NOT NULL REFERENCES journal_entries (id),
-    client_id    uuid NOT NULL REFERENCES clients (id),
-    account_id   bigint NOT NULL REFERENCES accounts (id),
+    entry_id     bigint NOT NULL,
+    client_id    uuid NOT NULL,
+    account_id   bigint NOT NULL,
     amount_minor bigint NOT NULL CHECK (amount_minor <> 0),
     currency     char(3) NOT NULL CHECK (currency ~ '^[A-Z]{3}$'),
     memo         text NOT NULL DEFAULT ''
@@ -90,8 +95,8 @@ CREATE INDEX journal_lines_account_idx ON journal_lines (account_id, entry_id);
 
 CREATE TABLE bank_transactions (
     id           bigserial PRIMARY KEY,
-    client_id    uuid NOT NULL REFERENCES clients (id),
-    account_id   bigint NOT NULL REFERENCES accounts (id),
+    client_id    uuid NOT NULL,
+    account_id   bigint NOT NULL,
     booked_on    date NOT NULL,
     amount_minor bigint NOT NULL,
     currency     char(3) NOT NULL CHECK (currency ~ '^[A-Z]{3}$'),
@@ -101,9 +106,9 @@ CREATE TABLE bank_transactions (
     -- 'fitid:<FITID>' when the bank gives one, else 'row:<sha256 of the normalised date,
     -- amount, currency and description>:<occurrence within the file>'.
     dedupe_key   text NOT NULL,
-    import_id    bigint NOT NULL REFERENCES ledger_imports (id),
+    import_id    bigint NOT NULL,
     -- Null only for zero-amount rows, which post nothing.
-    entry_id     bigint REFERENCES journal_entries (id),
+    entry_id     bigint,
     created_at   timestamptz NOT NULL DEFAULT now(),
     UNIQUE (account_id, dedupe_key)
 );
@@ -118,6 +123,58 @@ BEGIN
               HINT = 'post a reversal and a new entry instead';
 END
 $$;
+
+-- Rows that ledger rows point at are archived, never deleted.
+CREATE FUNCTION refuse_delete() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION '% rows are never deleted: the ledger refers to them', TG_TABLE_NAME
+        USING ERRCODE = 'restrict_violation',
+              HINT = 'archive the row instead';
+END
+$$;
+
+CREATE TRIGGER firms_no_delete BEFORE DELETE ON firms
+    FOR EACH ROW EXECUTE FUNCTION refuse_delete();
+CREATE TRIGGER clients_no_delete BEFORE DELETE ON clients
+    FOR EACH ROW EXECUTE FUNCTION refuse_delete();
+CREATE TRIGGER accounts_no_delete BEFORE DELETE ON accounts
+    FOR EACH ROW EXECUTE FUNCTION refuse_delete();
+CREATE TRIGGER ledger_imports_no_delete BEFORE DELETE ON ledger_imports
+    FOR EACH ROW EXECUTE FUNCTION refuse_delete();
+CREATE TRIGGER bank_transactions_no_delete BEFORE DELETE ON bank_transactions
+    FOR EACH ROW EXECUTE FUNCTION refuse_delete();
+CREATE TRIGGER firms_no_truncate BEFORE TRUNCATE ON firms
+    FOR EACH STATEMENT EXECUTE FUNCTION refuse_change();
+CREATE TRIGGER clients_no_truncate BEFORE TRUNCATE ON clients
+    FOR EACH STATEMENT EXECUTE FUNCTION refuse_change();
+CREATE TRIGGER accounts_no_truncate BEFORE TRUNCATE ON accounts
+    FOR EACH STATEMENT EXECUTE FUNCTION refuse_change();
+CREATE TRIGGER ledger_imports_no_truncate BEFORE TRUNCATE ON ledger_imports
+    FOR EACH STATEMENT EXECUTE FUNCTION refuse_change();
+CREATE TRIGGER bank_transactions_no_truncate BEFORE TRUNCATE ON bank_transactions
+    FOR EACH STATEMENT EXECUTE FUNCTION refuse_change();
+CREATE FUNCTION refuse_key_change() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'the id of a % row cannot change: the ledger refers to it', TG_TABLE_NAME
+        USING ERRCODE = 'restrict_violation';
+END
+$$;
+CREATE TRIGGER clients_fixed_id BEFORE UPDATE OF id ON clients
+    FOR EACH ROW WHEN (OLD.id IS DISTINCT FROM NEW.id) EXECUTE FUNCTION refuse_key_change();
+CREATE TRIGGER accounts_fixed_id BEFORE UPDATE OF id, client_id ON accounts
+    FOR EACH ROW WHEN (OLD.id IS DISTINCT FROM NEW.id OR OLD.client_id IS DISTINCT FROM NEW.client_id)
+    EXECUTE FUNCTION refuse_key_change();
+CREATE TRIGGER ledger_imports_fixed_id BEFORE UPDATE OF id, client_id ON ledger_imports
+    FOR EACH ROW WHEN (OLD.id IS DISTINCT FROM NEW.id OR OLD.client_id IS DISTINCT FROM NEW.client_id)
+    EXECUTE FUNCTION refuse_key_change();
+
+-- Bank transactions keep their identity: amount, date, account and dedupe key never change.
+CREATE TRIGGER bank_transactions_fixed BEFORE UPDATE OF
+    id, client_id, account_id, booked_on, amount_minor, currency, dedupe_key, import_id, entry_id
+    ON bank_transactions
+    FOR EACH ROW EXECUTE FUNCTION refuse_change();
 
 CREATE TRIGGER journal_entries_append_only
     BEFORE UPDATE OR DELETE ON journal_entries
@@ -169,33 +226,68 @@ CREATE FUNCTION journal_check_balance() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     bad record;
+    ids bigint[];
 BEGIN
-    -- Lines may only be added to an entry created in the same transaction.
-    SELECT e.id INTO bad
-    FROM unnest(NEW.entry_ids) AS t (id)
-    JOIN journal_entries e ON e.id = t.id
-    WHERE e.created_xid <> pg_current_xact_id()
-    LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'journal entry % is already committed; lines cannot be added to it', bad.id
-            USING ERRCODE = 'integrity_constraint_violation';
+    -- The first check to fire takes every queued set of this transaction at once, so an
+    -- entry touched by several statements is checked once; the others find nothing left.
+    WITH taken AS (DELETE FROM journal_balance_checks RETURNING entry_ids)
+    SELECT array_agg(DISTINCT e) INTO ids FROM taken, unnest(taken.entry_ids) AS e;
+    IF ids IS NULL THEN
+        RETURN NULL;
     END IF;
 
-    SELECT l.entry_id INTO bad
-    FROM unnest(NEW.entry_ids) AS t (id)
-    JOIN journal_lines l ON l.entry_id = t.id
-    JOIN journal_entries e ON e.id = l.entry_id
-    JOIN accounts a ON a.id = l.account_id
-    WHERE l.client_id <> e.client_id OR a.client_id <> e.client_id
+    SELECT t.id, e.id AS found, e.created_xid = pg_current_xact_id() AS fresh,
+           c.id AS client, e.import_id, i.id AS import_found, i.client_id AS import_client,
+           e.client_id, e.reverses_id, r.id AS reverses_found
+    INTO bad
+    FROM unnest(ids) AS t (id)
+    LEFT JOIN journal_entries e ON e.id = t.id
+    LEFT JOIN clients c ON c.id = e.client_id
+    LEFT JOIN ledger_imports i ON i.id = e.import_id
+    LEFT JOIN journal_entries r ON r.id = e.reverses_id
+    WHERE e.id IS NULL
+       OR e.created_xid <> pg_current_xact_id()
+       OR c.id IS NULL
+       OR (e.import_id IS NOT NULL AND (i.id IS NULL OR i.client_id IS DISTINCT FROM e.client_id))
+       OR (e.reverses_id IS NOT NULL AND (r.id IS NULL OR r.client_id <> e.client_id))
     LIMIT 1;
     IF FOUND THEN
-        RAISE EXCEPTION 'journal entry % has a line of another client or on another client''s account',
-            bad.entry_id
-            USING ERRCODE = 'integrity_constraint_violation';
+        IF bad.found IS NULL THEN
+            RAISE EXCEPTION 'journal lines refer to entry %, which does not exist', bad.id
+                USING ERRCODE = 'foreign_key_violation';
+        ELSIF NOT bad.fresh THEN
+            RAISE EXCEPTION 'journal entry % is already committed; lines cannot be added to it',
+                bad.id USING ERRCODE = 'integrity_constraint_violation';
+        ELSIF bad.client IS NULL THEN
+            RAISE EXCEPTION 'journal entry % names client %, which does not exist',
+                bad.id, bad.client_id USING ERRCODE = 'foreign_key_violation';
+        ELSIF bad.import_id IS NOT NULL AND bad.import_found IS NULL THEN
+            RAISE EXCEPTION 'journal entry % names import %, which does not exist',
+                bad.id, bad.import_id USING ERRCODE = 'foreign_key_violation';
+        ELSIF bad.import_id IS NOT NULL THEN
+            RAISE EXCEPTION 'journal entry % names import % of another client',
+                bad.id, bad.import_id USING ERRCODE = 'foreign_key_violation';
+        ELSE
+            RAISE EXCEPTION 'journal entry % reverses entry %, which does not exist for its client',
+                bad.id, bad.reverses_id USING ERRCODE = 'foreign_key_violation';
+        END IF;
+    END IF;
+
+    SELECT l.entry_id, l.account_id INTO bad
+    FROM unnest(ids) AS t (id)
+    JOIN journal_lines l ON l.entry_id = t.id
+    JOIN journal_entries e ON e.id = l.entry_id
+    LEFT JOIN accounts a ON a.id = l.account_id
+    WHERE l.client_id <> e.client_id OR a.id IS NULL OR a.client_id <> e.client_id
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'journal entry % has a line on account %, which is not an account of its client',
+            bad.entry_id, bad.account_id
+            USING ERRCODE = 'foreign_key_violation';
     END IF;
 
     SELECT t.id, count(l.id) AS n INTO bad
-    FROM unnest(NEW.entry_ids) AS t (id)
+    FROM unnest(ids) AS t (id)
     LEFT JOIN journal_lines l ON l.entry_id = t.id
     GROUP BY t.id
     HAVING count(l.id) < 2
@@ -206,7 +298,7 @@ BEGIN
     END IF;
 
     SELECT l.entry_id, l.currency, sum(l.amount_minor) AS total INTO bad
-    FROM unnest(NEW.entry_ids) AS t (id)
+    FROM unnest(ids) AS t (id)
     JOIN journal_lines l ON l.entry_id = t.id
     GROUP BY l.entry_id, l.currency
     HAVING sum(l.amount_minor) <> 0
@@ -216,8 +308,6 @@ BEGIN
             bad.entry_id, bad.currency, bad.total
             USING ERRCODE = 'integrity_constraint_violation';
     END IF;
-
-    DELETE FROM journal_balance_checks WHERE id = NEW.id;
     RETURN NULL;
 END
 $$;
@@ -226,3 +316,41 @@ CREATE CONSTRAINT TRIGGER journal_balance_at_commit
     AFTER INSERT ON journal_balance_checks
     DEFERRABLE INITIALLY DEFERRED
     FOR EACH ROW EXECUTE FUNCTION journal_check_balance();
+
+-- Bank transactions: every row of a statement checked at its end, as one set.
+CREATE FUNCTION bank_transactions_check_refs() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    bad record;
+BEGIN
+    SELECT n.id, n.account_id, n.import_id, n.entry_id,
+           a.id IS NULL OR a.client_id <> n.client_id AS bad_account,
+           i.id IS NULL OR i.client_id IS DISTINCT FROM n.client_id AS bad_import
+    INTO bad
+    FROM new_rows n
+    LEFT JOIN accounts a ON a.id = n.account_id
+    LEFT JOIN ledger_imports i ON i.id = n.import_id
+    LEFT JOIN journal_entries e ON e.id = n.entry_id
+    WHERE a.id IS NULL OR a.client_id <> n.client_id
+       OR i.id IS NULL OR i.client_id IS DISTINCT FROM n.client_id
+       OR (n.entry_id IS NOT NULL AND (e.id IS NULL OR e.client_id <> n.client_id))
+    LIMIT 1;
+    IF FOUND THEN
+        IF bad.bad_account THEN
+            RAISE EXCEPTION 'bank transaction % is on account %, which is not an account of its client',
+                bad.id, bad.account_id USING ERRCODE = 'foreign_key_violation';
+        ELSIF bad.bad_import THEN
+            RAISE EXCEPTION 'bank transaction % names import %, which is not an import of its client',
+                bad.id, bad.import_id USING ERRCODE = 'foreign_key_violation';
+        ELSE
+            RAISE EXCEPTION 'bank transaction % names entry %, which is not an entry of its client',
+                bad.id, bad.entry_id USING ERRCODE = 'foreign_key_violation';
+        END IF;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER bank_transactions_check_refs
+    AFTER INSERT ON bank_transactions REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION bank_transactions_check_refs();

@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 # and it keeps every sum far inside a 64-bit integer.
 MAX_ABS_AMOUNT_MINOR = 10**15
 
+# Memory one import's sorts may use in Postgres, in MB.
+IMPORT_WORK_MEM_MB = 128
+
 UNCATEGORISED_INCOME = ("UNCATEGORISED-INCOME", "Uncategorised income", "income")
 UNCATEGORISED_EXPENSE = ("UNCATEGORISED-EXPENSE", "Uncategorised expense", "expense")
 
@@ -228,6 +231,8 @@ def _import(
         "SELECT pg_advisory_xact_lock(hashtextextended('ledger_import:' || %s, 0))",
         (str(client.id),),
     )
+    # Dedupe sorts the whole file; let it sort in memory rather than spill to disk.
+    conn.execute(f"SET LOCAL work_mem = '{IMPORT_WORK_MEM_MB}MB'")
 
     try:
         parsed = parse_file(
@@ -439,7 +444,7 @@ def _post_bank(conn: psycopg.Connection, client: Client, import_id: int) -> tupl
             SELECT %(client)s, k.account_id, k.booked_on, k.amount_minor, k.currency,
                    k.description, k.reference, k.fitid, k.dedupe_key, %(import)s,
                    CASE WHEN k.amount_minor <> 0
-                        THEN nextval(pg_get_serial_sequence('journal_entries', 'id')) END
+                        THEN nextval('journal_entries_id_seq') END
             FROM keyed k
             ORDER BY k.line
             ON CONFLICT (account_id, dedupe_key) DO NOTHING

@@ -115,8 +115,56 @@ def test_refuses_a_line_on_another_clients_account(conn, client_id, firm):
     _line(conn, entry, client_id, bank, 700)
     _line(conn, entry, client_id, other_revenue, -700)
 
-    with pytest.raises(psycopg.errors.IntegrityConstraintViolation, match="another client"):
+    with pytest.raises(psycopg.errors.ForeignKeyViolation, match="not an account of its client"):
         conn.commit()
+
+
+def test_refuses_a_line_on_an_account_that_does_not_exist(conn, client_id):
+    bank, _ = _accounts(conn, client_id)
+    entry = _entry(conn, client_id)
+    _line(conn, entry, client_id, bank, 700)
+    _line(conn, entry, client_id, 999_999_999, -700)
+
+    with pytest.raises(psycopg.errors.ForeignKeyViolation, match="account 999999999"):
+        conn.commit()
+
+
+def test_refuses_an_entry_of_a_client_that_does_not_exist(conn, client_id):
+    bank, revenue = _accounts(conn, client_id)
+    stranger = uuid.uuid4()
+    entry = _entry(conn, stranger)
+    _line(conn, entry, stranger, bank, 5)
+    _line(conn, entry, stranger, revenue, -5)
+
+    with pytest.raises(psycopg.errors.ForeignKeyViolation, match=f"client {stranger}"):
+        conn.commit()
+
+
+def test_refuses_a_bank_transaction_on_another_clients_account(conn, client_id, firm):
+    from shared.services import clients
+
+    other = clients.create_client(firm, "Other client")
+    _, other_revenue = _accounts(conn, other)
+    imported = conn.execute(
+        "INSERT INTO ledger_imports (client_id, blob_name, blob_version, sha256, size_bytes,"
+        " status, started_at) VALUES (%s, %s, 'v1', repeat('0', 64), 1, 'imported', now())"
+        " RETURNING id",
+        (client_id, f"{client_id}/x.csv"),
+    ).fetchone()
+    assert imported is not None
+
+    with pytest.raises(psycopg.errors.ForeignKeyViolation, match="not an account of its client"):
+        conn.execute(
+            "INSERT INTO bank_transactions (client_id, account_id, booked_on, amount_minor,"
+            " currency, dedupe_key, import_id) VALUES (%s, %s, '2026-01-01', 1, 'USD', 'k', %s)",
+            (client_id, other_revenue, imported[0]),
+        )
+
+
+@pytest.mark.parametrize("table", ["accounts", "clients", "firms"])
+def test_rows_the_ledger_refers_to_are_never_deleted(conn, client_id, table):
+    with pytest.raises(psycopg.errors.RestrictViolation, match="never deleted"):
+        conn.execute(f"DELETE FROM {table}")
 
 
 @pytest.mark.parametrize(
