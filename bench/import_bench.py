@@ -251,8 +251,9 @@ def run(options: argparse.Namespace, work: Path, env: dict[str, str], database_u
         "large": (work / "large.csv", options.rows, write_csv),
         "ofx": (work / "large.ofx", options.ofx_rows, write_ofx),
     }
-    for path, rows, writer in files.values():
-        writer(path, rows)
+    # A seed per file, so that no row of one file repeats a row of another.
+    for seed, (path, rows, writer) in enumerate(files.values()):
+        writer(path, rows, seed)
 
     def imported(label: str, path: Path, name: str) -> dict[str, Any]:
         with path.open("rb") as data:

@@ -361,14 +361,15 @@ def test_a_sub_folder_names_the_bank_account_of_a_file_that_does_not(services, c
 
 
 def test_account_numbers_are_masked_in_account_names(services, client_id):
-    csv = (
-        "Account Number,Date,Description,Amount\n"
-        "X12345678,2026-03-01,Deposit,10.00\n"
-    )
+    csv = "Account Number,Date,Description,Amount\nX12345678,2026-03-01,Deposit,10.00\n"
     outcome = ledger_import.import_blob(drop(client_id, "accounts.csv", csv))
     assert outcome.status == "imported", outcome.report
     with psycopg.connect(services["DATABASE_URL"]) as conn:
-        names = [r[0] for r in conn.execute(
-            "SELECT name FROM accounts WHERE client_id = %s AND code LIKE 'BANK-%%'", (client_id,)
-        )]
+        names = [
+            r[0]
+            for r in conn.execute(
+                "SELECT name FROM accounts WHERE client_id = %s AND code LIKE 'BANK-%%'",
+                (client_id,),
+            )
+        ]
     assert names == ["Bank account …5678"]
