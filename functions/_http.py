@@ -59,6 +59,6 @@ def parse_uuid(value: object, name: str) -> uuid.UUID:
 def route_int(req: func.HttpRequest, name: str) -> int:
     """Read a positive integer route parameter (NotFound otherwise)."""
     raw = req.route_params.get(name, "")
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise NotFound(f"{name} {raw!r} not found")
     return int(raw)

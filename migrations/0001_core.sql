@@ -113,6 +113,8 @@ CREATE TABLE bank_transactions (
     UNIQUE (account_id, dedupe_key)
 );
 CREATE INDEX bank_transactions_client_date_idx ON bank_transactions (client_id, booked_on);
+CREATE INDEX bank_transactions_fitid_idx ON bank_transactions (account_id, fitid)
+    WHERE fitid IS NOT NULL;
 
 -- Append-only: the ledger is corrected by reversal, never by edit.
 CREATE FUNCTION refuse_change() RETURNS trigger

@@ -6,6 +6,7 @@ dedupes and posts them. Amounts are integer minor units with their ISO 4217 code
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
@@ -184,6 +185,8 @@ class MappingProfile:
         return cls(**data)
 
 
+PROFILE_MAX_COLUMN_INDEX = 1000
+
 PROFILE_ROLES = frozenset(
     {
         "date",
@@ -215,18 +218,59 @@ def _check_profile_field(name: str, value: object) -> str | None:
         return None if value in choices else f"must be one of {', '.join(map(str, choices))}"
     if name in ("has_header", "debit_is_negative"):
         return None if isinstance(value, bool) else "must be true or false"
-    if name in ("encoding", "currency"):
-        return None if isinstance(value, str) and value.strip() else "must be a non-empty string"
+    if name == "encoding":
+        return _check_encoding(value)
+    if name == "currency":
+        return _check_currency(value)
     if name == "columns":
-        if not isinstance(value, dict):
-            return "must be an object of role -> column name or index"
-        bad_roles = sorted(set(value) - PROFILE_ROLES)
-        if bad_roles:
-            known = ", ".join(sorted(PROFILE_ROLES))
-            return f"unknown role(s) {', '.join(bad_roles)}; roles: {known}"
-        for role, column in value.items():
-            if isinstance(column, bool) or not isinstance(column, (str, int)):
-                return f"{role} must name a column (text) or give its 0-based index"
-            if isinstance(column, int) and column < 0:
-                return f"{role} index must be 0 or more"
+        return _check_columns(value)
+    return None
+
+
+def _check_encoding(value: object) -> str | None:
+    if not isinstance(value, str) or not value.strip():
+        return "must name a text encoding, such as utf-8 or cp1252"
+    try:
+        info = codecs.lookup(value)
+    except LookupError:
+        return f"{value!r} is not a known text encoding"
+    # Codecs such as hex, base64 or rot13 transform bytes or text, they do not decode text.
+    if not getattr(info, "_is_text_encoding", True):
+        return f"{value!r} is not a text encoding"
+    return None
+
+
+def _check_currency(value: object) -> str | None:
+    from shared.domain.money import normalise_currency
+    from shared.errors import ValidationError
+
+    if not isinstance(value, str):
+        return "must be an ISO 4217 code such as USD"
+    try:
+        normalise_currency(value)
+    except ValidationError as exc:
+        return str(exc)
+    return None
+
+
+def _check_columns(value: object) -> str | None:
+    if not isinstance(value, dict):
+        return "must be an object of role -> column name or index"
+    bad_roles = sorted(set(value) - PROFILE_ROLES)
+    if bad_roles:
+        known = ", ".join(sorted(PROFILE_ROLES))
+        return f"unknown role(s) {', '.join(bad_roles)}; roles: {known}"
+    for role, column in value.items():
+        if isinstance(column, bool) or not isinstance(column, (str, int)):
+            return f"{role} must name a column (text) or give its 0-based index"
+        if isinstance(column, int) and not 0 <= column < PROFILE_MAX_COLUMN_INDEX:
+            return f"{role} index must be from 0 to {PROFILE_MAX_COLUMN_INDEX - 1}"
+        if isinstance(column, str) and not column.strip():
+            return f"{role} must name a column"
+    used: dict[str | int, str] = {}
+    for role, column in sorted(value.items()):
+        key = column.strip().casefold() if isinstance(column, str) else column
+        if key in used:
+            return f"{used[key]} and {role} name the same column {column!r}"
+        used[key] = role
     return None

@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 # and it keeps every sum far inside a 64-bit integer.
 MAX_ABS_AMOUNT_MINOR = 10**15
 
+# A folder ``account-<label>`` in a blob's path names the bank account of its files.
+ACCOUNT_FOLDER_PREFIX = "account-"
+
 # Memory one import's sorts may use in Postgres, in MB.
 IMPORT_WORK_MEM_MB = 128
 
@@ -109,7 +112,26 @@ def split_blob_name(blob_name: str) -> tuple[str, str]:
             f"blob {blob_name!r} is not in a client folder; "
             f"drop files at {LEDGER_IMPORTS_CONTAINER}/<client id>/<file name>"
         )
+    try:
+        canonical = str(uuid.UUID(client_part))
+    except ValueError:
+        raise Rejected(f"unknown client {client_part!r}: not a client id") from None
+    if canonical != client_part:
+        # Reports live beside the file; one spelling per client keeps them in one folder.
+        raise Rejected(f"client folder {client_part!r} must be written as {canonical}")
     return client_part, file_name
+
+
+def account_folder(file_name: str) -> str:
+    """The bank account a path names: its last ``account-<label>`` folder, if any.
+
+    Other folders only organise files (by month, by person) and name no account.
+    """
+    label = ""
+    for part in file_name.split("/")[:-1]:
+        if part[:8].casefold() == ACCOUNT_FOLDER_PREFIX:
+            label = " ".join(part[8:].split()).casefold()
+    return label
 
 
 def import_blob(blob_name: str) -> ImportOutcome:
@@ -151,6 +173,17 @@ def import_blob(blob_name: str) -> ImportOutcome:
             with postgres.transaction() as conn:
                 client = _load_client(conn, client_part)
                 outcome = _import(conn, client, spool, file_name, header, started, blob_name)
+        except psycopg.errors.DataError as exc:
+            # Text Postgres cannot hold (a NUL byte, a character outside UTF-8) fails the
+            # whole file like any bad row, rather than retrying forever.
+            reason = exc.diag.message_primary or str(exc)
+            outcome = _reject(
+                blob_name,
+                header,
+                started,
+                Rejected(f"the file holds data the ledger cannot store: {reason}"),
+                spool,
+            )
         except Rejected as rejected:
             outcome = _reject(blob_name, header, started, rejected, spool)
         _publish(outcome)
@@ -186,6 +219,10 @@ def preview(client_id: str, data: bytes, file_name: str) -> dict[str, Any]:
                 raise _DryRunDone(outcome.report)
         except _DryRunDone as done:
             return done.report
+        except psycopg.errors.DataError as exc:
+            reason = exc.diag.message_primary or str(exc)
+            rejected = Rejected(f"the file holds data the ledger cannot store: {reason}")
+            return _rejection_report(header, started, rejected)
         except Rejected as rejected:
             return _rejection_report(header, started, rejected)
 
@@ -248,16 +285,17 @@ def _import(
     if is_journal:
         tally = _stage_journal(conn, parsed.records)  # type: ignore[arg-type]
     else:
-        # A sub-folder (``<client>/<account>/<file>``) names the bank account for files
-        # that do not name one themselves, so two accounts' exports never merge.
-        folder = file_name.rpartition("/")[0]
+        # An ``account-<label>`` folder names the bank account for files that do not name
+        # one themselves, so two accounts' exports never merge.
+        folder = account_folder(file_name)
         tally = _stage_bank(conn, parsed.records, parsed.errors, folder)  # type: ignore[arg-type]
         parsed.balances = [
             replace(b, account_ref=b.account_ref or folder) for b in parsed.balances
         ]
 
     counted = parsed.details.get("error_count")
-    error_count = counted if isinstance(counted, int) else len(parsed.errors)
+    # The parser counts its own errors; amounts refused here come on top.
+    error_count = max(counted if isinstance(counted, int) else 0, len(parsed.errors))
     if parsed.errors:
         raise Rejected(
             f"{error_count} row(s) are invalid; nothing was imported",
@@ -267,6 +305,7 @@ def _import(
     if tally.rows == 0:
         raise Rejected("the file has no transactions")
 
+    warnings = [] if is_journal else _fitid_warnings(conn, client)
     import_id = _insert_import_row(conn, client, header, blob_name, parsed.format, started)
     if is_journal:
         imported, duplicates = _post_journal(conn, client, import_id)
@@ -288,7 +327,7 @@ def _import(
         },
         "totals": _render_totals(tally, is_journal),
         "balance_check": [] if is_journal else _balance_check(conn, client, parsed.balances),
-        "warnings": [] if is_journal else _repeated_fitids(conn),
+        "warnings": warnings,
         "detected": _jsonable(parsed.details),
         "started_at": started.isoformat(),
         "finished_at": datetime.now(UTC).isoformat(),
@@ -357,11 +396,12 @@ def _insert_import_row(
     return int(row[0])
 
 
-def _check_amount(line: int, column: str, amount: int, errors: list[RowError]) -> bool:
-    if abs(amount) < MAX_ABS_AMOUNT_MINOR:
+def _check_amount(txn: BankTxn, errors: list[RowError]) -> bool:
+    if abs(txn.amount_minor) < MAX_ABS_AMOUNT_MINOR:
         return True
     if len(errors) < LEDGER_REPORT_MAX_ERRORS:
-        errors.append(RowError(line, column, str(amount), "amount is too large to be real"))
+        shown = str(Money(txn.amount_minor, txn.currency).to_decimal())
+        errors.append(RowError(txn.line, "amount", shown, "amount is too large to be real"))
     return False
 
 
@@ -385,7 +425,7 @@ def _stage_bank(
         " fitid, reference, row_key) FROM STDIN"
     ) as copy:
         for txn in records:
-            if not _check_amount(txn.line, "amount", txn.amount_minor, errors):
+            if not _check_amount(txn, errors):
                 continue
             amount = txn.amount_minor
             tally.add(txn.booked_on, txn.currency, max(amount, 0), max(-amount, 0))
@@ -423,18 +463,23 @@ def _post_bank(conn: psycopg.Connection, client: Client, import_id: int) -> tupl
         """
         WITH keyed AS (
             SELECT s.*, a.id AS account_id,
-                   -- A FITID repeated inside one file (banks do reuse them) numbers its
-                   -- later uses, so no transaction of the file is taken for a repeat.
-                   CASE WHEN s.fitid IS NOT NULL THEN 'fitid:' || s.fitid || CASE
-                            WHEN row_number() OVER by_fitid > 1
-                            THEN ':' || row_number() OVER by_fitid ELSE '' END
+                   -- The bank's FITID with the date and amount it names: banks do reuse
+                   -- FITIDs, and a reused one must never hide another payment. Repeats of
+                   -- the same FITID, date and amount inside one file are numbered, as
+                   -- identical rows without a FITID are.
+                   CASE WHEN s.fitid IS NOT NULL
+                        THEN 'fitid:' || s.fitid || ':' || s.booked_on || ':' || s.amount_minor
+                             || CASE WHEN row_number() OVER by_fitid > 1
+                                     THEN ':' || row_number() OVER by_fitid ELSE '' END
                         ELSE 'row:' || s.row_key || ':' || row_number() OVER by_row
                    END AS dedupe_key
             FROM stage_bank s
             JOIN accounts a ON a.client_id = %(client)s
                            AND a.external_ref = 'bank:' || encode(sha256(convert_to(
                                s.account_ref, 'UTF8')), 'hex')
-            WINDOW by_fitid AS (PARTITION BY s.account_ref, s.fitid ORDER BY s.line),
+            WINDOW by_fitid AS (
+                       PARTITION BY s.account_ref, s.fitid, s.booked_on, s.amount_minor
+                       ORDER BY s.line),
                    by_row AS (PARTITION BY s.account_ref, s.row_key ORDER BY s.line)
         ),
         new_tx AS (
@@ -474,19 +519,43 @@ def _post_bank(conn: psycopg.Connection, client: Client, import_id: int) -> tupl
     return imported, staged - imported
 
 
-def _repeated_fitids(conn: psycopg.Connection) -> list[str]:
-    """Name each FITID the file uses more than once; all its rows were imported."""
-    rows = conn.execute(
+def _fitid_warnings(conn: psycopg.Connection, client: Client) -> list[str]:
+    """Name each FITID that stands for different transactions, in the file or the ledger.
+
+    Every such transaction is imported (a reused FITID never hides a payment), so a bank
+    that amended a transaction under its old FITID shows here for a person to check.
+    """
+    in_file = conn.execute(
         """
-        SELECT fitid, count(*), min(line) FROM stage_bank WHERE fitid IS NOT NULL
-        GROUP BY account_ref, fitid HAVING count(*) > 1 ORDER BY 3 LIMIT %s
+        SELECT fitid, count(DISTINCT (booked_on, amount_minor)), min(line) FROM stage_bank
+        WHERE fitid IS NOT NULL GROUP BY account_ref, fitid
+        HAVING count(DISTINCT (booked_on, amount_minor)) > 1 ORDER BY 3 LIMIT %s
         """,
         (LEDGER_REPORT_MAX_ERRORS,),
     ).fetchall()
+    in_ledger = conn.execute(
+        """
+        SELECT DISTINCT ON (s.line) s.fitid, s.line, t.booked_on, t.amount_minor, t.currency
+        FROM stage_bank s
+        JOIN accounts a ON a.client_id = %s
+                       AND a.external_ref = 'bank:' || encode(sha256(convert_to(
+                           s.account_ref, 'UTF8')), 'hex')
+        JOIN bank_transactions t ON t.account_id = a.id AND t.fitid = s.fitid
+        WHERE s.fitid IS NOT NULL
+          AND (t.booked_on, t.amount_minor) <> (s.booked_on, s.amount_minor)
+        ORDER BY s.line LIMIT %s
+        """,
+        (client.id, LEDGER_REPORT_MAX_ERRORS),
+    ).fetchall()
     return [
-        f"FITID {fitid!r} is used by {count} transactions (first on line {line}); "
-        "each was imported as its own transaction"
-        for fitid, count, line in rows
+        f"FITID {fitid!r} names {count} different transactions in this file (first on line "
+        f"{line}); each was imported"
+        for fitid, count, line in in_file
+    ] + [
+        f"FITID {fitid!r} on line {line} was booked before as {booked_on} "
+        f"{Money(amount, currency)}; this file gives another date or amount, so it was "
+        "imported as a separate transaction: check whether the bank amended it"
+        for fitid, line, booked_on, amount, currency in in_ledger
     ]
 
 

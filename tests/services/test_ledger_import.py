@@ -336,8 +336,8 @@ def test_a_fitid_reused_inside_one_file_loses_no_transaction(services, client_id
     assert outcome.report["imported"] == 2
     assert ledger(services, client_id)["bank_total"] == -105500
     assert outcome.report["warnings"] == [
-        "FITID '777' is used by 2 transactions (first on line 11); "
-        "each was imported as its own transaction"
+        "FITID '777' names 2 different transactions in this file (first on line 11); "
+        "each was imported"
     ]
     assert outcome.report["balance_check"][0]["matches"] is True
 
@@ -345,12 +345,15 @@ def test_a_fitid_reused_inside_one_file_loses_no_transaction(services, client_id
     assert (again.report["imported"], again.report["duplicates_skipped"]) == (0, 2)
 
 
-def test_a_sub_folder_names_the_bank_account_of_a_file_that_does_not(services, client_id):
-    ledger_import.import_blob(drop(client_id, "checking/march.csv", SIMPLE_CSV))
-    savings = ledger_import.import_blob(drop(client_id, "savings/march.csv", SIMPLE_CSV))
+def test_an_account_folder_names_the_bank_account_of_a_file_that_does_not(services, client_id):
+    ledger_import.import_blob(drop(client_id, "account-Checking/march.csv", SIMPLE_CSV))
+    savings = ledger_import.import_blob(drop(client_id, "account-savings/march.csv", SIMPLE_CSV))
+    again = ledger_import.import_blob(drop(client_id, "2026/account-checking /m.csv", SIMPLE_CSV))
 
-    # The same rows on another account are that account's own transactions, not repeats.
+    # The same rows on another account are that account's own transactions, not repeats;
+    # the account label ignores case, spacing and folders that only organise files.
     assert (savings.report["imported"], savings.report["duplicates_skipped"]) == (4, 0)
+    assert (again.report["imported"], again.report["duplicates_skipped"]) == (0, 4)
     with psycopg.connect(services["DATABASE_URL"]) as conn:
         per_account = conn.execute(
             "SELECT a.name, count(*) FROM bank_transactions t JOIN accounts a"
@@ -358,6 +361,65 @@ def test_a_sub_folder_names_the_bank_account_of_a_file_that_does_not(services, c
             (client_id,),
         ).fetchall()
     assert per_account == [("Bank account checking", 4), ("Bank account savings", 4)]
+
+
+def test_folders_that_only_organise_files_name_no_account(services, client_id):
+    ledger_import.import_blob(drop(client_id, "2026-03/march.csv", SIMPLE_CSV))
+    overlap = ledger_import.import_blob(drop(client_id, "2026-04/march-again.csv", SIMPLE_CSV))
+
+    assert (overlap.report["imported"], overlap.report["duplicates_skipped"]) == (0, 4)
+    assert ledger(services, client_id)["bank_rows"] == 4
+
+
+def test_rejects_a_client_folder_not_written_as_the_client_id(services, client_id):
+    outcome = ledger_import.import_blob(drop(str(client_id).upper(), "x.csv", SIMPLE_CSV))
+    assert outcome.status == "rejected"
+    assert outcome.report["reason"] == (
+        f"client folder {str(client_id).upper()!r} must be written as {client_id}"
+    )
+
+
+def _ofx(*transactions: tuple[str, str, str, str]) -> str:
+    """A minimal OFX 1.02 statement with (FITID, YYYYMMDD, amount, name) transactions."""
+    body = "".join(
+        f"<STMTTRN><TRNTYPE>DEBIT<DTPOSTED>{day}<TRNAMT>{amount}<FITID>{fitid}"
+        f"<NAME>{name}</STMTTRN>"
+        for fitid, day, amount, name in transactions
+    )
+    return (
+        "OFXHEADER:100\nDATA:OFXSGML\nVERSION:102\nSECURITY:NONE\nENCODING:USASCII\n"
+        "CHARSET:1252\nCOMPRESSION:NONE\nOLDFILEUID:NONE\nNEWFILEUID:NONE\n\n"
+        "<OFX><SIGNONMSGSRSV1><SONRS><STATUS><CODE>0<SEVERITY>INFO</STATUS>"
+        "<DTSERVER>20260101<LANGUAGE>ENG</SONRS></SIGNONMSGSRSV1>"
+        "<BANKMSGSRSV1><STMTTRNRS><TRNUID>1<STATUS><CODE>0<SEVERITY>INFO</STATUS>"
+        "<STMTRS><CURDEF>USD<BANKACCTFROM><BANKID>1<ACCTID>55501234<ACCTTYPE>CHECKING"
+        f"</BANKACCTFROM><BANKTRANLIST><DTSTART>20260101<DTEND>20260331{body}"
+        "</BANKTRANLIST></STMTRS></STMTTRNRS></BANKMSGSRSV1></OFX>\n"
+    )
+
+
+def test_a_fitid_the_bank_reuses_for_a_new_payment_never_hides_it(services, client_id):
+    coffee = ("1001", "20260105", "-10.00", "Coffee")
+    ledger_import.import_blob(drop(client_id, "jan.ofx", _ofx(coffee)))
+
+    february = ledger_import.import_blob(
+        drop(client_id, "feb.ofx", _ofx(("1001", "20260203", "-99.00", "Rent"), coffee))
+    )
+    assert (february.report["imported"], february.report["duplicates_skipped"]) == (1, 1)
+    assert february.report["warnings"][0].startswith(
+        "FITID '1001' names 2 different transactions in this file"
+    )
+    assert (
+        "FITID '1001' on line 11 was booked before as 2026-01-05 -10.00 USD"
+        in (february.report["warnings"][1])
+    )
+
+    march = ledger_import.import_blob(
+        drop(client_id, "mar.ofx", _ofx(("1001", "20260301", "-500.00", "Payroll tax")))
+    )
+    assert march.report["imported"] == 1
+    assert len(march.report["warnings"]) == 1
+    assert ledger(services, client_id)["bank_total"] == -(1000 + 9900 + 50000)
 
 
 def test_account_numbers_are_masked_in_account_names(services, client_id):
