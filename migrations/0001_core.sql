@@ -76,9 +76,11 @@ CREATE TABLE journal_entries (
     dedupe_key  text,
     reverses_id bigint,
     created_xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
-    created_at  timestamptz NOT NULL DEFAULT now(),
-    UNIQUE (client_id, dedupe_key)
+    created_at  timestamptz NOT NULL DEFAULT now()
 );
+-- Partial: bank-import entries carry no key, and need no index entry.
+CREATE UNIQUE INDEX journal_entries_dedupe_idx ON journal_entries (client_id, dedupe_key)
+    WHERE dedupe_key IS NOT NULL;
 CREATE INDEX journal_entries_client_date_idx ON journal_entries (client_id, booked_on, id);
 
 CREATE TABLE journal_lines (
@@ -88,7 +90,8 @@ CREATE TABLE journal_lines (
     account_id   bigint NOT NULL,
     amount_minor bigint NOT NULL CHECK (amount_minor <> 0),
     currency     char(3) NOT NULL CHECK (currency ~ '^[A-Z]{3}$'),
-    memo         text NOT NULL DEFAULT ''
+    memo         text NOT NULL DEFAULT '',
+    created_xid  xid8 NOT NULL DEFAULT pg_current_xact_id()
 );
 CREATE INDEX journal_lines_entry_idx ON journal_lines (entry_id);
 CREATE INDEX journal_lines_account_idx ON journal_lines (account_id, entry_id);
@@ -192,116 +195,107 @@ CREATE TRIGGER journal_lines_no_truncate
     FOR EACH STATEMENT EXECUTE FUNCTION refuse_change();
 
 -- Balance at commit. A row-level deferred trigger per line would cost a call per line,
--- so each INSERT statement queues the entries it touched (one row per statement) and one
--- deferred constraint trigger per queued row checks them all when the transaction commits.
+-- so each INSERT statement queues the range of entry ids it touched (one row per statement)
+-- and one deferred constraint trigger checks the entries of this transaction in those
+-- ranges when it commits. Ranges, not id lists: an import touches a million entries with
+-- consecutive ids, and a range is one index scan.
 CREATE TABLE journal_balance_checks (
-    id        bigserial PRIMARY KEY,
-    entry_ids bigint[] NOT NULL
+    id       bigserial PRIMARY KEY,
+    first_id bigint NOT NULL,
+    last_id  bigint NOT NULL
 );
 
-CREATE FUNCTION journal_queue_lines_check() RETURNS trigger
+CREATE FUNCTION journal_queue_check() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO journal_balance_checks (entry_ids)
-    SELECT array_agg(DISTINCT entry_id) FROM new_rows HAVING count(*) > 0;
-    RETURN NULL;
-END
-$$;
-
-CREATE FUNCTION journal_queue_entries_check() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO journal_balance_checks (entry_ids)
-    SELECT array_agg(id) FROM new_rows HAVING count(*) > 0;
+    IF TG_TABLE_NAME = 'journal_lines' THEN
+        INSERT INTO journal_balance_checks (first_id, last_id)
+        SELECT min(entry_id), max(entry_id) FROM new_rows HAVING count(*) > 0;
+    ELSE
+        INSERT INTO journal_balance_checks (first_id, last_id)
+        SELECT min(id), max(id) FROM new_rows HAVING count(*) > 0;
+    END IF;
     RETURN NULL;
 END
 $$;
 
 CREATE TRIGGER journal_lines_queue_check
     AFTER INSERT ON journal_lines REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION journal_queue_lines_check();
+    FOR EACH STATEMENT EXECUTE FUNCTION journal_queue_check();
 CREATE TRIGGER journal_entries_queue_check
     AFTER INSERT ON journal_entries REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION journal_queue_entries_check();
+    FOR EACH STATEMENT EXECUTE FUNCTION journal_queue_check();
 
-CREATE FUNCTION journal_check_balance() RETURNS trigger
+-- Checks the entries written by this transaction with ids in [lo, hi].
+CREATE FUNCTION journal_check_range(lo bigint, hi bigint) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
+    me constant xid8 := pg_current_xact_id();
     bad record;
-    ids bigint[];
 BEGIN
-    -- The first check to fire takes every queued set of this transaction at once, so an
-    -- entry touched by several statements is checked once; the others find nothing left.
-    WITH taken AS (DELETE FROM journal_balance_checks RETURNING entry_ids)
-    SELECT array_agg(DISTINCT e) INTO ids FROM taken, unnest(taken.entry_ids) AS e;
-    IF ids IS NULL THEN
-        RETURN NULL;
-    END IF;
-
-    SELECT t.id, e.id AS found, e.created_xid = pg_current_xact_id() AS fresh,
-           c.id AS client, e.import_id, i.id AS import_found, i.client_id AS import_client,
-           e.client_id, e.reverses_id, r.id AS reverses_found
-    INTO bad
-    FROM unnest(ids) AS t (id)
-    LEFT JOIN journal_entries e ON e.id = t.id
-    LEFT JOIN clients c ON c.id = e.client_id
-    LEFT JOIN ledger_imports i ON i.id = e.import_id
-    LEFT JOIN journal_entries r ON r.id = e.reverses_id
-    WHERE e.id IS NULL
-       OR e.created_xid <> pg_current_xact_id()
-       OR c.id IS NULL
-       OR (e.import_id IS NOT NULL AND (i.id IS NULL OR i.client_id IS DISTINCT FROM e.client_id))
-       OR (e.reverses_id IS NOT NULL AND (r.id IS NULL OR r.client_id <> e.client_id))
+    -- Every line written now: its entry exists, was created now (lines are never added to
+    -- a committed entry), and it and its account belong to the entry's client.
+    SELECT l.entry_id, l.account_id, e.id AS found, e.created_xid = me AS fresh INTO bad
+    FROM journal_lines l
+    LEFT JOIN journal_entries e ON e.id = l.entry_id
+    LEFT JOIN accounts a ON a.id = l.account_id
+    WHERE l.entry_id BETWEEN lo AND hi AND l.created_xid = me
+      AND (e.id IS NULL OR e.created_xid <> me OR l.client_id <> e.client_id
+           OR a.id IS NULL OR a.client_id <> e.client_id)
     LIMIT 1;
     IF FOUND THEN
         IF bad.found IS NULL THEN
-            RAISE EXCEPTION 'journal lines refer to entry %, which does not exist', bad.id
+            RAISE EXCEPTION 'journal lines refer to entry %, which does not exist', bad.entry_id
                 USING ERRCODE = 'foreign_key_violation';
         ELSIF NOT bad.fresh THEN
             RAISE EXCEPTION 'journal entry % is already committed; lines cannot be added to it',
-                bad.id USING ERRCODE = 'integrity_constraint_violation';
-        ELSIF bad.client IS NULL THEN
-            RAISE EXCEPTION 'journal entry % names client %, which does not exist',
-                bad.id, bad.client_id USING ERRCODE = 'foreign_key_violation';
-        ELSIF bad.import_id IS NOT NULL AND bad.import_found IS NULL THEN
-            RAISE EXCEPTION 'journal entry % names import %, which does not exist',
-                bad.id, bad.import_id USING ERRCODE = 'foreign_key_violation';
-        ELSIF bad.import_id IS NOT NULL THEN
-            RAISE EXCEPTION 'journal entry % names import % of another client',
-                bad.id, bad.import_id USING ERRCODE = 'foreign_key_violation';
-        ELSE
-            RAISE EXCEPTION 'journal entry % reverses entry %, which does not exist for its client',
-                bad.id, bad.reverses_id USING ERRCODE = 'foreign_key_violation';
+                bad.entry_id USING ERRCODE = 'integrity_constraint_violation';
         END IF;
-    END IF;
-
-    SELECT l.entry_id, l.account_id INTO bad
-    FROM unnest(ids) AS t (id)
-    JOIN journal_lines l ON l.entry_id = t.id
-    JOIN journal_entries e ON e.id = l.entry_id
-    LEFT JOIN accounts a ON a.id = l.account_id
-    WHERE l.client_id <> e.client_id OR a.id IS NULL OR a.client_id <> e.client_id
-    LIMIT 1;
-    IF FOUND THEN
         RAISE EXCEPTION 'journal entry % has a line on account %, which is not an account of its client',
             bad.entry_id, bad.account_id
             USING ERRCODE = 'foreign_key_violation';
     END IF;
 
-    SELECT t.id, count(l.id) AS n INTO bad
-    FROM unnest(ids) AS t (id)
-    LEFT JOIN journal_lines l ON l.entry_id = t.id
-    GROUP BY t.id
-    HAVING count(l.id) < 2
+    -- Every entry written now: what it names exists for its client, and it has lines.
+    SELECT e.id, e.client_id, c.id AS client, e.import_id, i.id AS import_found,
+           e.reverses_id, r.id AS reverses_found, r.client_id = e.client_id AS same_client
+    INTO bad
+    FROM journal_entries e
+    LEFT JOIN clients c ON c.id = e.client_id
+    LEFT JOIN ledger_imports i ON i.id = e.import_id
+    LEFT JOIN journal_entries r ON r.id = e.reverses_id
+    WHERE e.id BETWEEN lo AND hi AND e.created_xid = me
+      AND (c.id IS NULL
+           OR (e.import_id IS NOT NULL
+               AND (i.id IS NULL OR i.client_id IS DISTINCT FROM e.client_id))
+           OR (e.reverses_id IS NOT NULL AND (r.id IS NULL OR r.client_id <> e.client_id))
+           OR NOT EXISTS (SELECT 1 FROM journal_lines l WHERE l.entry_id = e.id))
     LIMIT 1;
     IF FOUND THEN
-        RAISE EXCEPTION 'journal entry % has % line(s); an entry needs at least two', bad.id, bad.n
+        IF bad.client IS NULL THEN
+            RAISE EXCEPTION 'journal entry % names client %, which does not exist',
+                bad.id, bad.client_id USING ERRCODE = 'foreign_key_violation';
+        ELSIF bad.import_id IS NOT NULL AND bad.import_found IS NULL THEN
+            RAISE EXCEPTION 'journal entry % names import %, which does not exist',
+                bad.id, bad.import_id USING ERRCODE = 'foreign_key_violation';
+        ELSIF bad.import_id IS NOT NULL AND bad.import_found IS NOT NULL
+              AND NOT EXISTS (SELECT 1 FROM ledger_imports i
+                              WHERE i.id = bad.import_id AND i.client_id = bad.client_id) THEN
+            RAISE EXCEPTION 'journal entry % names import % of another client',
+                bad.id, bad.import_id USING ERRCODE = 'foreign_key_violation';
+        ELSIF bad.reverses_id IS NOT NULL AND NOT coalesce(bad.same_client, false) THEN
+            RAISE EXCEPTION 'journal entry % reverses entry %, which is no entry of its client',
+                bad.id, bad.reverses_id USING ERRCODE = 'foreign_key_violation';
+        END IF;
+        RAISE EXCEPTION 'journal entry % has no lines; an entry needs at least two', bad.id
             USING ERRCODE = 'integrity_constraint_violation';
     END IF;
 
+    -- Every entry balances per currency. With no zero amounts and at least one line, an
+    -- entry that balances has at least two lines.
     SELECT l.entry_id, l.currency, sum(l.amount_minor) AS total INTO bad
-    FROM unnest(ids) AS t (id)
-    JOIN journal_lines l ON l.entry_id = t.id
+    FROM journal_lines l
+    WHERE l.entry_id BETWEEN lo AND hi AND l.created_xid = me
     GROUP BY l.entry_id, l.currency
     HAVING sum(l.amount_minor) <> 0
     LIMIT 1;
@@ -310,6 +304,38 @@ BEGIN
             bad.entry_id, bad.currency, bad.total
             USING ERRCODE = 'integrity_constraint_violation';
     END IF;
+END
+$$;
+
+CREATE FUNCTION journal_check_balance() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    span record;
+BEGIN
+    -- The first check to fire takes every queued range of this transaction, merged where
+    -- they overlap or touch, so an entry touched by several statements is checked once;
+    -- the checks that fire after it find nothing left.
+    FOR span IN
+        WITH taken AS (
+            DELETE FROM journal_balance_checks RETURNING first_id, last_id
+        ),
+        ordered AS (
+            SELECT first_id, last_id,
+                   max(last_id) OVER (ORDER BY first_id, last_id
+                                      ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
+                       AS reach
+            FROM taken
+        ),
+        grouped AS (
+            SELECT first_id, last_id,
+                   count(*) FILTER (WHERE reach IS NULL OR first_id > reach + 1)
+                       OVER (ORDER BY first_id, last_id) AS grp
+            FROM ordered
+        )
+        SELECT min(first_id) AS lo, max(last_id) AS hi FROM grouped GROUP BY grp
+    LOOP
+        PERFORM journal_check_range(span.lo, span.hi);
+    END LOOP;
     RETURN NULL;
 END
 $$;

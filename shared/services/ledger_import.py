@@ -665,7 +665,7 @@ def _post_journal(conn: psycopg.Connection, client: Client, import_id: int) -> t
             SELECT %(client)s, g.booked_on, g.entry_ref, coalesce(g.memo, ''),
                    'journal_import', %(import)s, g.dedupe_key
             FROM grouped g ORDER BY g.first_line
-            ON CONFLICT (client_id, dedupe_key) DO NOTHING
+            ON CONFLICT (client_id, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING
             RETURNING id, reference
         ),
         lines AS (
