@@ -208,6 +208,7 @@ def run(app_dir: Path, *, http_port: int | None = None, migrations_dir: Path | N
     services = ServiceSettings.from_env(app_dir)
     # Until the event loop takes over, SIGTERM unwinds like Ctrl-C so services are stopped.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous_hup = signal.signal(signal.SIGHUP, _raise_interrupt)
     try:
         with contextlib.ExitStack() as stack:
             stack.enter_context(_data_dir_lock(services.data_dir))
@@ -232,6 +233,7 @@ def run(app_dir: Path, *, http_port: int | None = None, migrations_dir: Path | N
         log.info("stopped")
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGHUP, previous_hup)
     return 0
 
 
@@ -339,7 +341,8 @@ async def _serve(
         log.info("%s: stopping", name)
         stop.set()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # SIGHUP too: closing the terminal must not leave Postgres and Azurite behind.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, on_signal, sig.name)
     try:
         await host.start()
@@ -347,7 +350,7 @@ async def _serve(
         await stop.wait()
     finally:
         await host.stop(force=force)
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
 
 

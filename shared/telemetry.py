@@ -27,8 +27,32 @@ STRUCTURED_FIELDS = (
 
 _configured = False
 
-# Long digit runs (account numbers, tax ids) are masked to their last four digits.
-_DIGIT_RUN = re.compile(r"\b(\d[\d -]{6,}\d)(\d{4})\b")
+# Long digit runs (account numbers, tax ids) are masked to their last four digits; ids
+# (UUIDs) are left whole, so that logs stay searchable by client.
+_DIGIT_RUN = re.compile(r"\b\d{3,}(?:[ -]\d{3,})*\b")
+_MIN_MASKED_DIGITS = 8
+_UUID = re.compile(r"\b[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}\b")
+
+
+def redact(message: str) -> str:
+    """Return ``message`` with long digit runs masked, UUIDs kept."""
+    parts, last = [], 0
+    for found in _UUID.finditer(message):
+        parts.append(_mask_digits(message[last : found.start()]))
+        parts.append(found.group())
+        last = found.end()
+    parts.append(_mask_digits(message[last:]))
+    return "".join(parts)
+
+
+def _mask_digits(text: str) -> str:
+    def mask(found: re.Match[str]) -> str:
+        run = found.group()
+        if sum(ch.isdigit() for ch in run) < _MIN_MASKED_DIGITS:
+            return run
+        return "*" * (len(run) - 4) + run[-4:]
+
+    return _DIGIT_RUN.sub(mask, text)
 
 
 class RedactingFilter(logging.Filter):
@@ -36,7 +60,7 @@ class RedactingFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        masked = _DIGIT_RUN.sub(lambda m: "*" * len(m.group(1)) + m.group(2), message)
+        masked = redact(message)
         if masked != message:
             record.msg, record.args = masked, None
         return True

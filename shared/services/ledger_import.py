@@ -216,7 +216,10 @@ def preview(client_id: str, data: bytes, file_name: str) -> dict[str, Any]:
                 except Rejected as exc:
                     raise NotFound(exc.reason) from None
                 outcome = _import(conn, client, spool, file_name, header, started, None)
-                raise _DryRunDone(outcome.report)
+                # Nothing is kept: say so, and show no import id that will never exist.
+                report = {**outcome.report, "status": "would_import"}
+                report.pop("import_id", None)
+                raise _DryRunDone(report)
         except _DryRunDone as done:
             return done.report
         except psycopg.errors.DataError as exc:
@@ -328,7 +331,7 @@ def _import(
         "totals": _render_totals(tally, is_journal),
         "balance_check": [] if is_journal else _balance_check(conn, client, parsed.balances),
         "warnings": warnings,
-        "detected": _jsonable(parsed.details),
+        "detected": _masked(_jsonable(parsed.details)),
         "started_at": started.isoformat(),
         "finished_at": datetime.now(UTC).isoformat(),
     }
@@ -782,6 +785,18 @@ def _render_totals(tally: _Tally, is_journal: bool) -> dict[str, dict[str, Any]]
     return rendered
 
 
+def _masked(value: Any) -> Any:
+    """Copy ``value`` with every ``account_ref`` masked, as account names are."""
+    if isinstance(value, dict):
+        return {
+            k: _account_label(v) if k == "account_ref" and isinstance(v, str) else _masked(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_masked(v) for v in value]
+    return value
+
+
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
@@ -914,8 +929,14 @@ def _publish(outcome: ImportOutcome | _Done) -> None:
 
 
 def list_imports(client_id: uuid.UUID, limit: int = 100) -> list[dict[str, Any]]:
-    """Return a client's imports, newest first, without their full reports."""
+    """Return a client's imports, newest first, without their full reports.
+
+    Raises:
+        NotFound: no such client (a mistyped id is not an empty list).
+    """
     with postgres.transaction() as conn:
+        if conn.execute("SELECT 1 FROM clients WHERE id = %s", (client_id,)).fetchone() is None:
+            raise NotFound(f"client {client_id} not found")
         rows = conn.execute(
             """
             SELECT id, blob_name, blob_version, sha256, size_bytes, format, status, reason,

@@ -266,10 +266,25 @@ def test_rejects_a_journal_naming_an_unknown_account(services, client_id):
 def test_a_dry_run_reports_and_writes_nothing(services, client_id):
     report = ledger_import.preview(str(client_id), SIMPLE_CSV.encode(), "preview.csv")
 
-    assert report["dry_run"] is True
+    assert (report["dry_run"], report["status"]) == (True, "would_import")
     assert (report["rows_read"], report["imported"]) == (4, 4)
+    assert "import_id" not in report
     assert ledger(services, client_id)["bank_rows"] == 0
     assert ledger_import.list_imports(client_id) == []
+
+
+def test_listing_the_imports_of_an_unknown_client_is_not_found(services):
+    stranger = uuid.uuid4()
+    with pytest.raises(NotFound, match=f"client {stranger} not found"):
+        ledger_import.list_imports(stranger)
+
+
+def test_reports_mask_the_account_numbers_the_file_states(services, client_id):
+    ofx = _ofx(("1", "20260105", "-10.00", "Coffee"))
+    outcome = ledger_import.import_blob(drop(client_id, "masked.ofx", ofx))
+
+    assert outcome.status == "imported", outcome.report
+    assert "55501234" not in json.dumps(outcome.report)
 
 
 def test_another_clients_import_is_not_found(services, client_id, firm):
