@@ -255,6 +255,8 @@ def run(options: argparse.Namespace, work: Path, env: dict[str, str], database_u
     for seed, (path, rows, writer) in enumerate(files.values()):
         writer(path, rows, seed)
 
+    print(f"{'case':<38} {'rows':>10} {'new':>10} {'seconds':>8} {'rows/s':>10} {'peak MB':>8}")
+
     def imported(label: str, path: Path, name: str) -> dict[str, Any]:
         with path.open("rb") as data:
             blob.upload("ledger-imports", f"{client}/{name}", data, content_type="text/plain")
@@ -263,6 +265,12 @@ def run(options: argparse.Namespace, work: Path, env: dict[str, str], database_u
             raise SystemExit(f"{label}: {result}")
         result["rss_mb"] = rss
         result["label"] = label
+        print(
+            f"{label:<38} {result['rows']:>10,} {result['imported']:>10,}"
+            f" {result['seconds']:>8.2f} {result['rows'] / result['seconds']:>10,.0f}"
+            f" {rss:>8.0f}",
+            flush=True,
+        )
         return result
 
     results = [
@@ -274,13 +282,6 @@ def run(options: argparse.Namespace, work: Path, env: dict[str, str], database_u
     copy_seconds = copy_ceiling(database_url, files["large"][0], copy_client)
     peer = hledger_peer(files["small"][0], work)
 
-    print()
-    print(f"{'case':<38} {'rows':>10} {'new':>10} {'seconds':>8} {'rows/s':>10} {'peak MB':>8}")
-    for r in results:
-        print(
-            f"{r['label']:<38} {r['rows']:>10,} {r['imported']:>10,} {r['seconds']:>8.2f}"
-            f" {r['rows'] / r['seconds']:>10,.0f} {r['rss_mb']:>8.0f}"
-        )
     print(
         f"{'Postgres COPY, same rows (ceiling)':<38} {options.rows:>10,} {options.rows:>10,}"
         f" {copy_seconds:>8.2f} {options.rows / copy_seconds:>10,.0f} {'':>8}"
