@@ -19,6 +19,8 @@ from shared.errors import NotFound, UpstreamError
 
 log = logging.getLogger(__name__)
 
+# The SDK's first GET fetches up to 32 MiB into memory by default; every piece is kept at
+# this size instead, so a download holds the same memory whatever the blob's size.
 DOWNLOAD_CHUNK_BYTES = 4 * 1024 * 1024
 
 _client: BlobServiceClient | None = None
@@ -42,13 +44,20 @@ def _service() -> BlobServiceClient:
             settings = get_settings()
             if settings.storage_connection_string:
                 _client = BlobServiceClient.from_connection_string(
-                    settings.storage_connection_string
+                    settings.storage_connection_string,
+                    max_single_get_size=DOWNLOAD_CHUNK_BYTES,
+                    max_chunk_get_size=DOWNLOAD_CHUNK_BYTES,
                 )
             else:
                 from azure.identity import DefaultAzureCredential
 
                 url = f"https://{settings.storage_account_name}.blob.core.windows.net"
-                _client = BlobServiceClient(url, credential=DefaultAzureCredential())
+                _client = BlobServiceClient(
+                    url,
+                    credential=DefaultAzureCredential(),
+                    max_single_get_size=DOWNLOAD_CHUNK_BYTES,
+                    max_chunk_get_size=DOWNLOAD_CHUNK_BYTES,
+                )
         return _client
 
 

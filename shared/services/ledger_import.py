@@ -19,6 +19,7 @@ from datetime import UTC, date, datetime
 from typing import Any, BinaryIO
 
 import psycopg
+from psycopg.copy import LibpqWriter
 
 from shared.adapters import blob, postgres
 from shared.config import (
@@ -423,9 +424,11 @@ def _stage_bank(
         """
     )
     tally = _Tally()
-    with conn.cursor().copy(
+    cursor = conn.cursor()
+    with cursor.copy(
         "COPY stage_bank (line, account_ref, booked_on, amount_minor, currency, description,"
-        " fitid, reference, row_key) FROM STDIN"
+        " fitid, reference, row_key) FROM STDIN",
+        writer=_bounded_writer(cursor),
     ) as copy:
         for txn in records:
             if not _check_amount(txn, errors):
@@ -448,6 +451,12 @@ def _stage_bank(
                 )
             )
     return tally
+
+
+def _bounded_writer(cursor: psycopg.Cursor[Any]) -> LibpqWriter:
+    """A COPY writer that waits for the server instead of queueing up to 32 MiB ahead of it,
+    so an import's memory does not grow with the file."""
+    return LibpqWriter(cursor)
 
 
 def _row_key(txn: BankTxn) -> str:
@@ -619,9 +628,11 @@ def _stage_journal(conn: psycopg.Connection, records: Iterator[JournalLine]) -> 
         """
     )
     tally = _Tally()
-    with conn.cursor().copy(
+    cursor = conn.cursor()
+    with cursor.copy(
         "COPY stage_journal (line, entry_ref, booked_on, account, debit_minor, credit_minor,"
-        " currency, memo) FROM STDIN"
+        " currency, memo) FROM STDIN",
+        writer=_bounded_writer(cursor),
     ) as copy:
         for jl in records:
             tally.add(jl.booked_on, jl.currency, jl.debit_minor, jl.credit_minor)
