@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import io
 from typing import BinaryIO
 
 from shared.domain.imports import FileFormat, MappingProfile, ParsedFile
@@ -12,7 +13,7 @@ from shared.errors import ValidationError
 from shared.importers.bank_csv import BankRows, describe_layout, settle_layout
 from shared.importers.dialect import settle_amounts, settle_currency, settle_dates
 from shared.importers.journal_csv import JournalRows
-from shared.importers.ofx import declared_encoding, parse_ofx
+from shared.importers.ofx import OFX_MAX_BYTES, declared_encoding, parse_ofx
 from shared.importers.report import MAX_STORED_ERRORS, ErrorLog
 from shared.importers.sniff import (
     NOT_RECOGNISED,
@@ -28,6 +29,7 @@ from shared.importers.text import (
     decode_head,
     describe_binary,
     detect_encoding,
+    require_no_nul,
 )
 
 __all__ = ["MAX_STORED_ERRORS", "UnsupportedFile", "parse_file"]
@@ -72,8 +74,9 @@ def parse_file(
         The parsed file: its format, the lazy records, and what was detected in ``details``.
 
     Raises:
-        UnsupportedFile: the whole file is rejected (empty, binary, not a known format,
-            unmappable header, ambiguous dates, OFX without a statement...).
+        UnsupportedFile: the whole file is rejected (empty, binary, a NUL byte anywhere, not
+            a known format, unmappable header, ambiguous dates or decimal separator, OFX
+            without a statement or over ``OFX_MAX_BYTES``...).
         ValidationError: ``default_currency`` is not an ISO 4217 code.
     """
     try:
@@ -98,6 +101,7 @@ def _parse(
     complete = len(head) < SNIFF_BYTES
     forced = profile.encoding if profile else None
     encoding = detect_encoding(stream, head, declared=declared_encoding(head), forced=forced)
+    require_no_nul(stream, encoding)
     text = decode_head(head, encoding, complete=complete)
     if not text.strip():
         raise FileRejected("file is empty (only blank lines or spaces)")
@@ -126,6 +130,12 @@ def _parse(
 def _parse_ofx(
     stream: BinaryIO, encoding: Encoding, default_currency: str, details: dict[str, object]
 ) -> ParsedFile:
+    size = stream.seek(0, io.SEEK_END)
+    if size > OFX_MAX_BYTES:
+        raise FileRejected(
+            f"OFX file is {size:,} bytes; OFX files over {OFX_MAX_BYTES:,} bytes are not read "
+            "(they are parsed whole in memory)"
+        )
     stream.seek(0)
     text = stream.read().decode(encoding.codec, errors="replace")
     parsed = ParsedFile(FileFormat.OFX_SGML, iter(()), details=details)
@@ -163,9 +173,9 @@ def _parse_journal(
     default_currency: str,
     details: dict[str, object],
 ) -> ParsedFile:
-    amounts, decimal_source = settle_amounts(plan, profile)
-    dates = settle_dates(plan, stream, encoding, profile)
     currency = settle_currency(plan, profile, default_currency)
+    amounts, decimal_source = settle_amounts(plan, profile, currency.code, stream, encoding)
+    dates = settle_dates(plan, stream, encoding, profile)
     details.update(
         columns=plan.columns.described(),
         date_format=dates.format.label,

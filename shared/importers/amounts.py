@@ -73,17 +73,27 @@ _SIGNS: dict[str, str] = {
 }
 _DEBIT_CREDIT_SUFFIX = {"cr": False, "dr": True}
 
+MAX_AMOUNT_DIGITS = 15
+"""Most digits an amount may have before its decimal separator (leading zeros aside)."""
+
+TOO_LARGE = (
+    f"amount is too large: more than {MAX_AMOUNT_DIGITS} digits before the decimal separator"
+)
+NON_ASCII_DIGITS = "has digits other than 0-9; amounts are read in ASCII digits only"
+
 _TIDY = str.maketrans({"\u00a0": " ", "\u202f": " ", "\u2009": " ", "\u2212": "-"})
+# Whitespace runs are possessive (*+): spaces belong to no group, and letting the engine share
+# a run between neighbouring \s* makes a field like "(" plus a few hundred spaces take minutes.
 _GENERAL = re.compile(
     r"""
-    (?P<open>\()?\s*
-    (?P<s1>[-+])?\s*
-    (?P<c1>[^\d\s()+\-.,'’]{1,4})?\s*
-    (?P<s2>[-+])?\s*
-    (?P<num>\d[\d.,'’ ]*\d|\d|[.,]\d+)
-    \s*(?P<s3>[-+])?\s*
-    (?P<c2>[^\d\s()+\-.,'’]{1,4}\.?)?\s*
-    (?P<s4>[-+])?\s*
+    (?P<open>\()?\s*+
+    (?P<s1>[-+])?\s*+
+    (?P<c1>[^\d\s()+\-.,'’]{1,4})?\s*+
+    (?P<s2>[-+])?\s*+
+    (?P<num>[0-9][0-9.,'’ ]*[0-9]|[0-9]|[.,][0-9]+)
+    \s*+(?P<s3>[-+])?\s*+
+    (?P<c2>[^\d\s()+\-.,'’]{1,4}\.?)?\s*+
+    (?P<s4>[-+])?\s*+
     (?P<close>\))?
     """,
     re.VERBOSE,
@@ -113,6 +123,8 @@ def parse_amount(text: str, decimal: str) -> Amount:
         raise AmountError("empty; an amount is required")
     match = _GENERAL.fullmatch(tidy)
     if match is None or bool(match["open"]) != bool(match["close"]):
+        if not tidy.isascii() and any(ch.isdigit() and not ch.isascii() for ch in tidy):
+            raise AmountError(NON_ASCII_DIGITS)
         raise AmountError(not_a_number(decimal))
     negative = _sign(match, decimal)
     currency, suffix_negative = _marks(match["c1"], match["c2"], decimal)
@@ -126,34 +138,69 @@ def to_minor(amount: Amount, exponent: int, currency: str) -> int:
     """Scale a parsed amount to minor units of ``currency`` exactly.
 
     Raises:
-        AmountError: the amount has more decimals than the currency has minor units.
+        AmountError: the amount has more than ``MAX_AMOUNT_DIGITS`` digits before the decimal
+            separator, or more decimals than the currency has minor units.
     """
+    # Checked before int(): Python refuses to convert strings of over 4,300 digits.
+    whole = amount.whole.lstrip("0")
+    if len(whole) > MAX_AMOUNT_DIGITS:
+        raise AmountError(TOO_LARGE)
     fraction = amount.fraction
     if len(fraction) > exponent:
         if fraction[exponent:].strip("0"):
             raise AmountError(f"has more decimal places than {currency} allows ({exponent})")
         fraction = fraction[:exponent]
-    value = int(amount.whole or "0") * _POWERS_OF_TEN[exponent]
+    value = int(whole or "0") * _POWERS_OF_TEN[exponent]
     if exponent:
         value += int(fraction.ljust(exponent, "0"))
     return -value if amount.negative else value
 
 
-def detect_decimal(values: Iterable[str]) -> str | None:
+def detect_decimal(values: Iterable[str], places: int = 2) -> str | None:
     """Work out the decimal separator from sample amounts; ``None`` when nothing tells.
 
-    A value with both ``.`` and ``,`` decides by whichever comes last; a single separator
-    followed by other than three digits is a decimal separator; repeated separators are
-    grouping. ``1,000`` and ``1.000`` on their own say nothing.
+    Each value votes as ``decimal_vote`` says; the majority wins, a tie says nothing.
+
+    Args:
+        values: raw amount fields.
+        places: decimal places of the amounts' currency (3 makes ``12,500`` a vote for ``,``).
     """
     votes = {".": 0, ",": 0}
     for value in values:
-        vote = _decimal_vote(value)
+        vote = decimal_vote(value, places)
         if vote:
             votes[vote] += 1
     if votes["."] == votes[","]:
         return None
     return "." if votes["."] > votes[","] else ","
+
+
+def decimal_vote(value: str, places: int = 2) -> str | None:
+    """The decimal separator one amount shows, or ``None`` when it shows none.
+
+    A value with both ``.`` and ``,`` decides by whichever comes last; a single separator
+    followed by other than three digits is a decimal separator; repeated separators are
+    grouping. ``1,000`` and ``1.000`` say nothing, except in a currency of three decimal
+    places (``places`` 3), where they are written that way and so vote for their separator.
+    """
+    vote = _decimal_vote(value)
+    if vote is None and places == 3:
+        return ambiguous_separator(value)
+    return vote
+
+
+def ambiguous_separator(value: str) -> str | None:
+    """The separator of an amount that reads both as grouped and as decimal, else ``None``.
+
+    That is one ``.`` or ``,`` followed by exactly three digits (``1.000``, ``-12,500``):
+    a thousand, or one with three decimals.
+    """
+    digits = _digits_and_separators(value)
+    for separator, other in ((".", ","), (",", ".")):
+        if digits.count(separator) == 1 and other not in digits:
+            whole, tail = digits.split(separator)
+            return separator if whole and len(tail) == 3 else None
+    return None
 
 
 class AmountReader:
@@ -168,10 +215,10 @@ class AmountReader:
     def __init__(self, decimal: str) -> None:
         self.decimal = decimal
         point = re.escape(decimal)
-        self._plain = re.compile(rf"(-?)(\d+)(?:{point}(\d*))?").fullmatch
+        self._plain = re.compile(rf"(-?)([0-9]+)(?:{point}([0-9]*))?").fullmatch
         separators = "[,'’ \u00a0]" if decimal == "." else "[.'’ \u00a0]"
         self._grouped = re.compile(
-            rf"\s*(-?)(\d{{1,3}}({separators})\d{{3}}(?:\3\d{{3}})*)(?:{point}(\d*))?\s*"
+            rf"\s*+(-?)([0-9]{{1,3}}({separators})[0-9]{{3}}(?:\3[0-9]{{3}})*+)(?:{point}([0-9]*))?\s*"
         ).fullmatch
 
     def read(self, text: str) -> Amount:
@@ -237,16 +284,16 @@ def _split_number(number: str, decimal: str) -> tuple[str, str]:
     if number.count(decimal) > 1:
         raise AmountError(not_a_number(decimal))
     whole, _, fraction = number.partition(decimal)
-    if fraction and not fraction.isdigit():
+    if fraction and not _ascii_digits(fraction):
         raise AmountError(not_a_number(decimal))
-    if whole.isdigit() or not whole:
+    if _ascii_digits(whole) or not whole:
         return whole, fraction
     return _ungroup(whole, decimal), fraction
 
 
 def _ungroup(whole: str, decimal: str) -> str:
     # Limitation: Indian lakh grouping (1,00,000.00) is refused; such amounts are row errors.
-    separators = {ch for ch in whole if not ch.isdigit()}
+    separators = {ch for ch in whole if not "0" <= ch <= "9"}
     if len(separators) != 1 or not separators <= set(_GROUP_SEPARATORS[decimal]):
         raise AmountError(not_a_number(decimal))
     groups = whole.split(separators.pop())
@@ -255,8 +302,16 @@ def _ungroup(whole: str, decimal: str) -> str:
     return "".join(groups)
 
 
+def _ascii_digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
+def _digits_and_separators(value: str) -> str:
+    return "".join(ch for ch in value if "0" <= ch <= "9" or ch in ".,")
+
+
 def _decimal_vote(value: str) -> str | None:
-    digits = "".join(ch for ch in value if ch.isdigit() or ch in ".,")
+    digits = _digits_and_separators(value)
     last_dot, last_comma = digits.rfind("."), digits.rfind(",")
     if last_dot >= 0 and last_comma >= 0:
         return "." if last_dot > last_comma else ","

@@ -2,12 +2,11 @@
 
 Rows that are not transactions (blank, a repeated header, titles and footers without a date)
 are skipped and counted; rows that look like transactions but hold a bad value become row
-errors.
+errors. A row with an amount is never skipped unless a label calls it a total or a balance.
 """
 
 from __future__ import annotations
 
-import csv
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,13 +20,17 @@ from shared.importers.amounts import Amount, AmountError, AmountReader, to_minor
 from shared.importers.columns import ColumnMap, fold
 from shared.importers.dates import DateError, DateReader
 from shared.importers.dialect import (
+    UNREADABLE,
     FileCurrency,
     data_rows,
+    overflow_reason,
+    row_width,
     sample_values,
     settle_amounts,
     settle_currency,
     settle_dates,
     unreadable_csv,
+    unreadable_line,
 )
 from shared.importers.report import ErrorLog
 from shared.importers.sniff import CsvPlan
@@ -43,6 +46,21 @@ SUMMARY_WORDS = (
 )  # fmt: skip
 """First words of footer and summary lines (checked only on rows without a date)."""
 
+# A dateless row with an amount is a total or balance line only when labelled as one: in the
+# date column or another column that holds no text, any label naming a total or balance ...
+_TOTAL_WORD = re.compile(
+    r"\b(?:total|totals|subtotal|summe|gesamt|gesamtsumme|totaal|saldo|balance|solde"
+    r"|anfangssaldo|endsaldo)\b"
+)
+# ... in a payee, description or memo column only a cell that is nothing but such a label,
+# since "Balance transfer" or "Total Wine" there is a transaction.
+_TOTAL_CELL = re.compile(
+    r"(?:(?:grand|sub|transactions?) )?totals?(?: (?:transactions?|amount|debits?|credits?))?"
+    r"|summe|gesamt|gesamtsumme|totaal|saldo|anfangssaldo|endsaldo|solde(?: final| initial)?"
+    r"|(?:opening|closing|ending|beginning|starting|final) balance"
+)
+
+_MONEY_ROLES = ("amount", "debit", "credit")
 DEBIT_MARKERS = frozenset({"debit", "dr", "d", "soll", "s", "debet", "af", "withdrawal"})
 CREDIT_MARKERS = frozenset({"credit", "cr", "c", "haben", "h", "bij", "deposit"})
 
@@ -94,13 +112,13 @@ def settle_layout(
         FileRejected: see ``settle_dates`` and ``settle_amounts``.
     """
     columns = plan.columns
-    amounts, decimal_source = settle_amounts(plan, profile)
-    dates = settle_dates(plan, stream, encoding, profile)
     currency = settle_currency(plan, profile, default_currency)
+    amounts, decimal_source = settle_amounts(plan, profile, currency.code, stream, encoding)
+    dates = settle_dates(plan, stream, encoding, profile)
     _drop_type_unless_markers(plan, profile)
     money_kind = _money_kind(columns)
     header_key = _row_key(plan.header)
-    width = len(plan.header) or max(_all_indexes(columns)) + 1
+    width = max(row_width(plan), max(_all_indexes(columns)) + 1)
     flip = bool(profile and profile.debit_is_negative and money_kind == "signed")
     fitid = _fitid_index(plan, profile)
     return BankLayout(
@@ -157,6 +175,13 @@ class BankRows:
         self._tracker = _BalanceTracker()
         self._required = max(_required_indexes(columns, layout.money_kind)) + 1
         self._full = max(_all_indexes(columns)) + 1
+        self._width = layout.header_width
+        self._money_indexes = [
+            columns.single[role] for role in _MONEY_ROLES if role in columns.single
+        ]
+        self._text_indexes = {
+            index for role in _TEXT_ROLES for index in columns.multi.get(role, [])
+        }
         optional = ("account", "reference", "balance")
         self._plain_row = layout.fitid_index is None and not any(
             role in columns.single for role in optional
@@ -178,21 +203,23 @@ class BankRows:
                 previous = reader.line_num
                 if txn is not None:
                     yield txn
-        except csv.Error as exc:
-            self._log.add(previous + 1, None, None, unreadable_csv(exc))
+        except UNREADABLE as exc:
+            line = unreadable_line(exc, reader, previous + 1)
+            self._log.add(line, None, None, unreadable_csv(exc))
         finally:
             self._details["rows_read"] = read
 
     def _plain_rows(self, reader: Reader) -> Iterator[BankTxn]:
         """The loop for date, text and one plain amount in one currency, with no calls per row.
 
-        A full-width row whose date string was seen before and whose amount is a plain number
-        is built here; any other row takes the general path (``_convert``).
+        A row of the header's width whose date string was seen before and whose amount is a
+        plain number is built here; any other row takes the general path (``_convert``).
         """
         money, seen, convert = self._money, self._layout.dates.seen, self._convert
         plain, scale, code, flip = money.plain, money.scale, money.code, money.flip
         assert plain is not None
         date_index, amount_index, width = self._date_index, money.amount_index, self._full
+        widest = self._width
         text_index = self._text_index
         read, previous = 0, reader.line_num
         try:
@@ -201,7 +228,7 @@ class BankRows:
                 line, previous = previous + 1, reader.line_num
                 try:
                     booked = seen[row[date_index]]
-                    match = plain(row[amount_index]) if len(row) >= width else None
+                    match = plain(row[amount_index]) if width <= len(row) <= widest else None
                 except (KeyError, IndexError):
                     match = None
                 if match is None:
@@ -216,12 +243,18 @@ class BankRows:
                 text = row[text_index].strip() if text_index >= 0 else self._describe(row)
                 signed = minor if bool(negative) == flip else -minor
                 yield BankTxn(line, "", booked, signed, code, text, None, None)
-        except csv.Error as exc:
-            self._log.add(previous + 1, None, None, unreadable_csv(exc))
+        except UNREADABLE as exc:
+            line = unreadable_line(exc, reader, previous + 1)
+            self._log.add(line, None, None, unreadable_csv(exc))
         finally:
             self._details["rows_read"] = read
 
     def _convert(self, row: list[str], line: int) -> BankTxn | None:
+        if len(row) > self._width:
+            reason = overflow_reason(row, self._width, headed=bool(self._plan.header))
+            if reason is not None:
+                self._log.add(line, None, self._plan.delimiter.join(row), reason)
+                return None
         if len(row) < self._full:
             row = row + [""] * (self._full - len(row)) if len(row) >= self._required else row
         try:
@@ -296,17 +329,35 @@ class BankRows:
         return None
 
     def _is_footer(self, row: list[str]) -> bool:
-        """A row without a date is a footer if its date cell holds words and few cells are set."""
+        """A row without a date is a footer if its date cell holds words and few cells are set.
+
+        A row with an amount, debit or credit is a footer only if labelled as a total or a
+        balance: banks that print the date only on a day's first row leave it empty on the
+        others, and skipping those would lose money without a word.
+        """
         # Limitation: a balance line that carries a date and an amount
         # ("31.12.2023;Anfangssaldo;;1.234,56") reads as a transaction; only dateless
         # summary lines are skipped.
         cell = row[self._date_index] if self._date_index < len(row) else ""
         if cell.strip() and not any(ch.isalpha() for ch in cell):
             return False
+        if any(index < len(row) and row[index].strip() for index in self._money_indexes):
+            return self._labelled_total(row)
         filled = [value for value in row if value.strip()]
         if len(filled) <= 2:
             return True
         return fold(filled[0]).startswith(SUMMARY_WORDS)
+
+    def _labelled_total(self, row: list[str]) -> bool:
+        """Whether a cell other than the money labels a dateless row a total or a balance."""
+        for index, cell in enumerate(row):
+            if index in self._money_indexes or not cell.strip():
+                continue
+            label = fold(cell)
+            pattern = _TOTAL_CELL.fullmatch if index in self._text_indexes else _TOTAL_WORD.search
+            if pattern(label) is not None:
+                return True
+        return False
 
     def _close_balances(self) -> None:
         found, unsettled = self._tracker.closing()
@@ -482,8 +533,8 @@ def _last_in_chain(rows: list[tuple[int, int, int]]) -> int | None:
 
 
 def _plain_amount_pattern(decimal: str, places: int) -> Callable[[str], re.Match[str] | None]:
-    fraction = rf"(?:{re.escape(decimal)}(\d{{1,{places}}}))?" if places else "()"
-    return re.compile(rf"(-?)(\d{{1,15}}){fraction}").fullmatch
+    fraction = rf"(?:{re.escape(decimal)}([0-9]{{1,{places}}}))?" if places else "()"
+    return re.compile(rf"(-?)([0-9]{{1,15}}){fraction}").fullmatch
 
 
 def _is_zero(amount: Amount) -> bool:

@@ -22,12 +22,21 @@ DATE_CACHE_SIZE = 4096
 
 ORDERS = ("DMY", "MDY", "YMD")
 
-_YMD = re.compile(r"\s*(\d{4})([-/.])(\d{1,2})\2(\d{1,2})(?!\d)")
-_NUMERIC = re.compile(r"\s*(\d{1,4})([-/.])(\d{1,2})\2(\d{4}|\d{2})(?!\d)")
-_COMPACT = re.compile(r"\s*(\d{4})(\d{2})(\d{2})(?!\d)")
-_DAY_MONTH_NAME = re.compile(r"\s*(\d{1,2})[-. /]*([^\W\d_]{3,})\.?[-. /,]*(\d{4}|\d{2})(?!\d)")
+EARLIEST_YEAR = 1900
+LATEST_YEAR = 2100
+"""Booking dates outside these years (inclusive) are typos or placeholders, not bookings."""
+
+NON_ASCII_DIGITS = "has digits other than 0-9; dates are read in ASCII digits only"
+
+# Digits are ASCII only ([0-9], not \d): other scripts' digits are no date here.
+_YMD = re.compile(r"\s*([0-9]{4})([-/.])([0-9]{1,2})\2([0-9]{1,2})(?![0-9])")
+_NUMERIC = re.compile(r"\s*([0-9]{1,4})([-/.])([0-9]{1,2})\2([0-9]{4}|[0-9]{2})(?![0-9])")
+_COMPACT = re.compile(r"\s*([0-9]{4})([0-9]{2})([0-9]{2})(?![0-9])")
+_DAY_MONTH_NAME = re.compile(
+    r"\s*([0-9]{1,2})[-. /]*([^\W\d_]{3,})\.?[-. /,]*([0-9]{4}|[0-9]{2})(?![0-9])"
+)
 _MONTH_NAME_DAY = re.compile(
-    r"\s*([^\W\d_]{3,})\.?[-. /]*(\d{1,2})(?:st|nd|rd|th)?,?[-. /]*(\d{4})(?!\d)"
+    r"\s*([^\W\d_]{3,})\.?[-. /]*([0-9]{1,2})(?:st|nd|rd|th)?,?[-. /]*([0-9]{4})(?![0-9])"
 )
 
 _MONTH_PREFIXES: dict[str, int] = {
@@ -159,11 +168,23 @@ class DateReader:
         try:
             parsed = self._parse(text)
         except ValueError:
+            if not text.isascii() and any(ch.isdigit() and not ch.isascii() for ch in text):
+                raise DateError(NON_ASCII_DIGITS) from None
             raise DateError(self.reason) from None
+        implausible = implausible_year(parsed)
+        if implausible is not None:
+            raise DateError(implausible)
         if len(self.seen) >= DATE_CACHE_SIZE:
             self.seen.clear()
         self.seen[text] = parsed
         return parsed
+
+
+def implausible_year(day: date) -> str | None:
+    """The row-error reason for a date whose year no booking has, or ``None`` when it is fine."""
+    if EARLIEST_YEAR <= day.year <= LATEST_YEAR:
+        return None
+    return f"year {day.year:04d} is outside {EARLIEST_YEAR}-{LATEST_YEAR}; not a booking date"
 
 
 def read_any_date(text: str) -> date | None:

@@ -6,7 +6,6 @@ entry above it. Balancing entries and checking accounts is the import service's 
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
@@ -17,7 +16,15 @@ from shared.domain.money import exponent
 from shared.importers.amounts import Amount, AmountError, AmountReader, currency_for_mark, to_minor
 from shared.importers.columns import ColumnMap, fold
 from shared.importers.dates import DateError, DateReader
-from shared.importers.dialect import FileCurrency, data_rows, unreadable_csv
+from shared.importers.dialect import (
+    UNREADABLE,
+    FileCurrency,
+    data_rows,
+    overflow_reason,
+    row_width,
+    unreadable_csv,
+    unreadable_line,
+)
 from shared.importers.report import ErrorLog
 from shared.importers.sniff import CsvPlan
 from shared.importers.text import Encoding
@@ -56,6 +63,9 @@ class JournalRows:
         self._log, self._details = log, details
         self._columns: ColumnMap = plan.columns
         self._header_key = [fold(cell) for cell in plan.header]
+        self._width = max(
+            [row_width(plan), *(index + 1 for index in plan.columns.single.values())]
+        )
         self._entry: _Entry | None = None
         single = plan.columns.single
         self._signed = not (single.keys() >= {"debit", "credit"})
@@ -73,8 +83,9 @@ class JournalRows:
                         previous = reader.line_num
                         if line is not None:
                             yield line
-                except csv.Error as exc:
-                    self._log.add(previous + 1, None, None, unreadable_csv(exc))
+                except UNREADABLE as exc:
+                    where = unreadable_line(exc, reader, previous + 1)
+                    self._log.add(where, None, None, unreadable_csv(exc))
         finally:
             self._details["rows_read"] = read
 
@@ -84,6 +95,10 @@ class JournalRows:
             return None
         if [fold(cell) for cell in row] == self._header_key:
             self._log.skip("repeated header")
+            return None
+        overflow = overflow_reason(row, self._width, headed=bool(self._plan.header))
+        if overflow is not None:
+            self._log.add(line, None, self._plan.delimiter.join(row), overflow)
             return None
         problems: list[_LineError] = []
         entry = self._entry_of(row, problems)

@@ -31,25 +31,36 @@ from ofxtools.Parser import ParseError, TreeBuilder
 from shared.domain.imports import BankTxn, FileFormat, StatementBalance
 from shared.domain.money import exponent, normalise_currency
 from shared.errors import ValidationError
-from shared.importers.amounts import Amount, AmountError, to_minor
-from shared.importers.report import ErrorLog
+from shared.importers.amounts import NON_ASCII_DIGITS, Amount, AmountError, to_minor
+from shared.importers.dates import NON_ASCII_DIGITS as NON_ASCII_DATE_DIGITS
+from shared.importers.dates import DateError, implausible_year
+from shared.importers.report import ErrorLog, listed
 from shared.importers.text import FileRejected
+
+# Limitation: an OFX file is decoded and parsed whole, taking about twenty times its size in
+# memory, so files larger than this are rejected rather than read.
+OFX_MAX_BYTES = 64 * 1024 * 1024
+"""Largest OFX/QFX file read, in bytes (64 MiB)."""
 
 STATEMENT_TAGS = ("STMTRS", "CCSTMTRS", "INVSTMTRS")
 NO_STATEMENT = "OFX file contains no bank or card statement"
 INVESTMENT_ONLY_CASH = "investment statement: only its cash lines can be imported"
 
-_COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
-_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9._]*)\s*(/?)>")
-_EMPTY_LEAF = re.compile(r"<([A-Z0-9._]+)>(\s*)(?=<(?!/\1>)(?!!\[CDATA\[))")
-_REOPENED_LEAF = re.compile(r"<([A-Z0-9._]+)>([^<]*?\S[^<]*?)<\1>")
+# Clean-up patterns run over whole files, so each must take time linear in the text: every
+# repeat that could give back characters to a neighbour is possessive (*+), and comments and
+# CDATA sections are found by a plain scan (``_unwrap``) instead of lazy patterns.
+_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9._]*+)\s*+(/?)>")
+_EMPTY_LEAF = re.compile(r"<([A-Z0-9._]++)>(\s*+)(?=<(?!/\1>))")
+_REOPENED_LEAF = re.compile(r"<([A-Z0-9._]++)>(\s*+[^<\s][^<]*+)<\1>")
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _OFX_START = re.compile(r"<OFX>")
 _STMTTRN = re.compile(r"<STMTTRN>")
 _TAIL_TEXT = re.compile(r"Tail text '(?P<text>.*?)' in .*position=\[(?P<start>\d+):", re.DOTALL)
-_PLAIN_AMOUNT = re.compile(r"([+-]?)(\d*)(?:[.,](\d*))?")
+_PLAIN_AMOUNT = re.compile(r"([+-]?)([0-9]*)(?:[.,]([0-9]*))?")
 _XML_ENCODING = re.compile(r"<\?xml[^>]*encoding=[\"']([^\"']+)", re.IGNORECASE)
-_HEADER_FIELD = re.compile(r"^\s*(ENCODING|CHARSET|VERSION|OFXHEADER)\s*:\s*(\S+)", re.I | re.M)
+_HEADER_FIELD = re.compile(
+    r"^[^\S\r\n]*+(ENCODING|CHARSET|VERSION|OFXHEADER)[^\S\r\n]*+:[^\S\r\n]*+(\S++)", re.I | re.M
+)
 
 
 @dataclass(slots=True)
@@ -112,14 +123,54 @@ def parse_ofx(text: str, *, default_currency: str, log: ErrorLog) -> OfxResult:
 def clean(text: str) -> str:
     """Make real-world OFX digestible for the tree parser, keeping every line where it was.
 
-    Comments become their own line breaks; tag names are upper-cased; ``<TAG/>`` becomes an
-    empty element; a data element reopened instead of closed (``<CODE>0<CODE>``) is closed,
-    and so is an empty data element left open in SGML.
+    Comments become their own line breaks; each CDATA section becomes its text, escaped;
+    tag names are upper-cased; ``<TAG/>`` becomes an empty element; a data element reopened
+    instead of closed (``<CODE>0<CODE>``) is closed, and so is an empty data element left
+    open in SGML.
+
+    Raises:
+        FileRejected: a comment or CDATA section is never closed.
     """
-    text = _COMMENT.sub(lambda match: "".join(_LINE_BREAK.findall(match[0])), text)
+    text = _unwrap(text)
     text = _TAG.sub(_normal_tag, text)
     text = _REOPENED_LEAF.sub(r"<\1>\2</\1>", text)
     return _EMPTY_LEAF.sub(_close_empty_leaf, text)
+
+
+_SECTIONS = (("<!--", "-->", "comment"), ("<![CDATA[", "]]>", "CDATA section"))
+
+
+def _unwrap(text: str) -> str:
+    """Replace comments by their line breaks and CDATA sections by their escaped text.
+
+    Each section ends at the first closing mark after its start, so text between two
+    sections on one line stays markup. The tree parser's own CDATA pattern is greedy: given
+    a CDATA section it would swallow everything up to the last ``]]>`` of the line.
+    """
+    parts: list[str] = []
+    position = 0
+    while (start := text.find("<!", position)) >= 0:
+        section = next((found for found in _SECTIONS if text.startswith(found[0], start)), None)
+        if section is None:
+            parts.append(text[position : start + 2])
+            position = start + 2
+            continue
+        opener, closer, kind = section
+        end = text.find(closer, start + len(opener))
+        if end < 0:
+            line = len(_LINE_BREAK.findall(text, 0, start)) + 1
+            raise FileRejected(
+                f"OFX file could not be read: a {kind} on line {line} is never closed"
+            )
+        parts.append(text[position:start])
+        inner = text[start + len(opener) : end]
+        if kind == "comment":
+            parts.append("".join(_LINE_BREAK.findall(inner)))
+        else:
+            parts.append(html.escape(inner, quote=False))
+        position = end + len(closer)
+    parts.append(text[position:])
+    return "".join(parts)
 
 
 def _close_empty_leaf(match: re.Match[str]) -> str:
@@ -159,21 +210,25 @@ class _TolerantTreeBuilder(TreeBuilder):
     def __init__(self) -> None:
         super().__init__()
         self._open: list[str] = []
+        # How many of each tag are open, so that checks stay constant time however deep.
+        self._open_count: dict[str, int] = {}
         self._last = ET.Element("OFX")
         self.stray_end_tags = 0
 
     def start(self, tag: Any, attrs: Any, /) -> ET.Element:
-        if tag in self._open:
+        if self._open_count.get(tag):
             self.end(tag)
         self._open.append(tag)
+        self._open_count[tag] = self._open_count.get(tag, 0) + 1
         return super().start(tag, attrs)
 
     def end(self, tag: Any, /) -> ET.Element:
-        if tag not in self._open:
+        if not self._open_count.get(tag):
             self.stray_end_tags += 1
             return self._last
         while self._open:
             top = self._open.pop()
+            self._open_count[top] -= 1
             self._last = super().end(top)
             if top == tag:
                 break
@@ -255,10 +310,10 @@ def _what_instead(root: ET.Element) -> str:
         return "account information only"
     if len(root) == 0:
         return "empty <OFX> element"
-    sets = sorted(child.tag for child in root)
+    sets = sorted({child.tag for child in root})
     if sets == ["SIGNONMSGSRSV1"]:
         return "sign-on only"
-    return f"message sets found: {', '.join(sets)}"
+    return f"message sets found: {listed(sets)}"
 
 
 def _declares_xml(header: str) -> bool:
@@ -333,7 +388,7 @@ class _StatementReader:
         trades = _security_transactions(statement)
         cash = list(statement.iter("STMTTRN"))
         if trades:
-            kinds = ", ".join(sorted(set(trades)))
+            kinds = listed(sorted(set(trades)))
             raise FileRejected(
                 f"{INVESTMENT_ONLY_CASH}, but account {account} also has {len(trades)} "
                 f"security transaction(s) ({kinds}); importing the cash lines alone would "
@@ -377,10 +432,11 @@ class _StatementReader:
         if not text:
             self._log.add(line, "DTPOSTED", text, f"{which} has no DTPOSTED (booking date)")
             return None
-        booked = ofx_date(text)
-        if booked is None:
-            self._log.add(line, "DTPOSTED", text, f"not a date; expected YYYYMMDD ({which})")
-        return booked
+        try:
+            return read_ofx_date(text)
+        except DateError as exc:
+            self._log.add(line, "DTPOSTED", text, f"{exc.reason} ({which})")
+            return None
 
     def _amount(
         self, element: ET.Element, line: int, fitid: str | None, currency: str
@@ -432,14 +488,32 @@ def _security_transactions(statement: ET.Element) -> list[str]:
 
 
 def ofx_date(text: str) -> date | None:
-    """The bank's local date of an OFX datetime: its first eight digits, or ``None``."""
-    digits = text.strip()[:8]
-    if len(digits) != 8 or not digits.isdigit():
-        return None
+    """The bank's local date of an OFX datetime, or ``None``; see ``read_ofx_date``."""
     try:
-        return date(int(digits[:4]), int(digits[4:6]), int(digits[6:]))
-    except ValueError:
+        return read_ofx_date(text)
+    except DateError:
         return None
+
+
+def read_ofx_date(text: str) -> date:
+    """The bank's local date of an OFX datetime: its first eight digits.
+
+    Raises:
+        DateError: not eight ASCII digits making a calendar date, or a year no booking has.
+    """
+    digits = text.strip()[:8]
+    if not digits.isascii() and any(ch.isdigit() for ch in digits):
+        raise DateError(NON_ASCII_DATE_DIGITS)
+    if len(digits) != 8 or not (digits.isascii() and digits.isdigit()):
+        raise DateError("not a date; expected YYYYMMDD")
+    try:
+        day = date(int(digits[:4]), int(digits[4:6]), int(digits[6:]))
+    except ValueError:
+        raise DateError("not a date; expected YYYYMMDD") from None
+    implausible = implausible_year(day)
+    if implausible is not None:
+        raise DateError(implausible)
+    return day
 
 
 def ofx_minor(text: str, currency: str) -> int:
@@ -450,6 +524,8 @@ def ofx_minor(text: str, currency: str) -> int:
     """
     match = _PLAIN_AMOUNT.fullmatch(text.strip())
     if match is None or not (match[2] or match[3]):
+        if not text.isascii() and any(ch.isdigit() and not ch.isascii() for ch in text):
+            raise AmountError(NON_ASCII_DIGITS)
         raise AmountError("not a number; OFX amounts are plain decimals like -12.34")
     amount = Amount(match[1] == "-", match[2], match[3] or "", None)
     return to_minor(amount, exponent(currency), currency)

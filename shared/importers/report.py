@@ -1,4 +1,6 @@
-"""What a parse reports about the file as it goes: row errors (capped) and skipped lines."""
+"""What a parse reports about the file as it goes: row errors (capped), skipped lines, and
+the helpers that keep lists and raw values in messages short.
+"""
 
 from __future__ import annotations
 
@@ -40,3 +42,25 @@ class ErrorLog:
         """Count lines that are not transactions and are no error (blank, footer...)."""
         if lines > 0:
             self.skipped[reason] = self.skipped.get(reason, 0) + lines
+
+
+MAX_LISTED_ITEMS = 10
+"""Items a rejection reason lists before it says how many more there are."""
+
+MAX_SHOWN_CHARS = 40
+"""Characters of one raw value a rejection reason quotes."""
+
+
+def listed(items: list[str], limit: int = MAX_LISTED_ITEMS) -> str:
+    """Join items with commas for a message, naming only the first ``limit`` of them.
+
+    ``listed(["A", "B", "C"], 2)`` gives ``A, B and 1 more``.
+    """
+    shown = ", ".join(items[:limit])
+    rest = len(items) - limit
+    return f"{shown} and {rest} more" if rest > 0 else shown
+
+
+def clipped(text: str, limit: int = MAX_SHOWN_CHARS) -> str:
+    """A raw value cut to ``limit`` characters for a message, marked with ``...`` when cut."""
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -22,7 +22,8 @@ from shared.importers.columns import (
     recognised_count,
 )
 from shared.importers.dates import read_any_date
-from shared.importers.text import FileRejected
+from shared.importers.report import clipped, listed
+from shared.importers.text import FileRejected, LineTooLong, capped_lines
 
 DELIMITERS = (",", ";", "\t", "|")
 SNIFF_ROWS = 200
@@ -32,12 +33,18 @@ SNIFF_ROWS = 200
 HEADER_SEARCH_ROWS = 60
 """A header further down than this many rows is not looked for."""
 
+MAX_FIELDS_PER_ROW = 1000
+"""Most cells a header may have; data rows may not fill more cells than their header."""
+
+SHOWN_HEADER_CELLS = 30
+"""Cells of a header or first row a rejection quotes (real headers rarely have more)."""
+
 NOT_RECOGNISED = "not a bank CSV, OFX/QFX or journal CSV file"
 
-_OFX_PREAMBLE = re.compile(
-    r"(\s+|<\?.*?\?>|<!--.*?-->|[A-Z][A-Z0-9.]*:[^\r\n<]*)", re.DOTALL | re.IGNORECASE
-)
 _OFX_START = re.compile(r"<OFX>", re.IGNORECASE)
+_SPACES = re.compile(r"\s++")
+_HEADER_FIELD = re.compile(r"[A-Z][A-Z0-9.]*+:[^\r\n<]*+", re.IGNORECASE)
+_MARKUP_ENDS = {"<?": "?>", "<!--": "-->"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +87,22 @@ def looks_like_ofx(text: str) -> bool:
     start = _OFX_START.search(text)
     if start is None:
         return False
-    return _OFX_PREAMBLE.sub("", text[: start.start()]).strip("\ufeff") == ""
+    # A scan that never steps back: pattern alternatives here could backtrack quadratically.
+    end = start.start()
+    position = 1 if text.startswith("\ufeff") else 0
+    while position < end:
+        token = _SPACES.match(text, position, end) or _HEADER_FIELD.match(text, position, end)
+        if token is not None:
+            position = token.end()
+            continue
+        opener = next((mark for mark in _MARKUP_ENDS if text.startswith(mark, position)), None)
+        if opener is None:
+            return False
+        close = text.find(_MARKUP_ENDS[opener], position + len(opener), end)
+        if close < 0:
+            return False
+        position = close + len(_MARKUP_ENDS[opener])
+    return True
 
 
 def looks_like_markup(text: str) -> bool:
@@ -89,19 +111,36 @@ def looks_like_markup(text: str) -> bool:
 
 
 def read_sample(text: str, delimiter: str, *, complete: bool) -> list[SampleRow]:
-    """Split the decoded start of a file into rows; a row cut by the sample's end is dropped."""
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    """Split the decoded start of a file into rows; a row cut by the sample's end is dropped.
+
+    Reading stops at a line the csv module cannot read (or one longer than
+    ``MAX_LINE_CHARS``); the rows before it are kept whole, and ``sample_problem`` says why.
+    """
+    return _read_sample(text, delimiter, complete=complete)[0]
+
+
+def sample_problem(text: str, delimiter: str) -> str | None:
+    """Why reading the sample stopped before its end, naming the line; ``None`` if it did not."""
+    return _read_sample(text, delimiter, complete=False)[1]
+
+
+def _read_sample(
+    text: str, delimiter: str, *, complete: bool
+) -> tuple[list[SampleRow], str | None]:
+    reader = csv.reader(capped_lines(io.StringIO(text, newline="")), delimiter=delimiter)
     rows: list[SampleRow] = []
     previous = 0
     try:
         for cells in reader:
             rows.append(SampleRow(previous + 1, cells))
             previous = reader.line_num
-    except csv.Error:
-        complete = False
+    except LineTooLong as exc:
+        return rows, f"line {reader.line_num + 1} cannot be read: {exc.reason}"
+    except csv.Error as exc:
+        return rows, f"line {previous + 1} cannot be read as CSV ({exc})"
     if not complete and rows:
         rows.pop()
-    return rows
+    return rows, None
 
 
 def sniff_delimiter(text: str, *, complete: bool) -> str:
@@ -131,14 +170,20 @@ def plan_csv(text: str, profile: MappingProfile | None, *, complete: bool) -> Cs
         FileRejected: no usable header, a header without the required roles, or a mapping
             profile that does not fit the file.
     """
-    delimiter = (profile.delimiter if profile else None) or sniff_delimiter(
-        text, complete=complete
-    )
-    rows = read_sample(text, delimiter, complete=complete)
     fixed_names = _profile_columns(profile)
-    if profile is not None and profile.has_header is False:
-        return _headerless_plan(rows, delimiter, fixed_names)
-    return _headed_plan(rows, delimiter, fixed_names)
+    delimiter = profile.delimiter if profile else None
+    try:
+        delimiter = delimiter or sniff_delimiter(text, complete=complete)
+        rows = read_sample(text, delimiter, complete=complete)
+        if profile is not None and profile.has_header is False:
+            return _headerless_plan(rows, delimiter, fixed_names)
+        return _headed_plan(rows, delimiter, fixed_names)
+    except FileRejected:
+        # A line that cannot be read explains a missing header better than its absence does.
+        problem = sample_problem(text, delimiter or ",")
+        if problem is not None:
+            raise FileRejected(f"{NOT_RECOGNISED}: {problem}") from None
+        raise
 
 
 def _profile_columns(profile: MappingProfile | None) -> dict[str, str | int]:
@@ -214,6 +259,11 @@ def _plan_for_header(
     columns = _map_row(header.cells, kind, fixed)
     if not _has_required(kind, columns):
         return None
+    if len(header.cells) > MAX_FIELDS_PER_ROW:
+        raise FileRejected(
+            f"the header on line {header.line} has {len(header.cells)} cells; "
+            f"at most {MAX_FIELDS_PER_ROW} are read"
+        )
     key = [fold(cell) for cell in header.cells]
     data = [
         row
@@ -255,7 +305,7 @@ def _resolve_fixed(cells: list[str], fixed: dict[str, str | int]) -> dict[str, i
         except ValueError:
             raise FileRejected(
                 f'the mapping profile maps {role} to column "{where}", but the header has: '
-                f"{', '.join(cell.strip() for cell in cells)}"
+                f"{_shown_cells(cells)}"
             ) from None
     return resolved
 
@@ -290,11 +340,16 @@ def _require_roles(kind: str, columns: ColumnMap, line: int | None, cells: list[
             "the mapping profile says the file has no header but gives no column index for "
             f"{' and '.join(missing)}"
         )
-    shown = ", ".join(cell.strip() for cell in cells)
+    shown = _shown_cells(cells)
     raise FileRejected(
         f"{NOT_RECOGNISED}: the header on line {line} ({shown}) has no column for "
         f"{' and '.join(missing)}; map it in the client's mapping profile"
     )
+
+
+def _shown_cells(cells: list[str]) -> str:
+    """Cells of a row for a message: the first ``SHOWN_HEADER_CELLS``, each cut short."""
+    return listed([clipped(cell.strip()) for cell in cells], SHOWN_HEADER_CELLS)
 
 
 def _first_filled(rows: list[SampleRow]) -> SampleRow | None:
@@ -312,7 +367,7 @@ def _no_header_reason(rows: list[SampleRow]) -> str:
     if first is None:
         return "file has no rows, only blank lines"
     if _starts_with_data(rows):
-        shown = ", ".join(cell.strip() for cell in first.cells)
+        shown = _shown_cells(first.cells)
         return (
             f"file has no header row: line {first.line} already holds data ({shown}); set "
             "has_header to false and the column indexes in the client's mapping profile"

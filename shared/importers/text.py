@@ -1,4 +1,5 @@
-"""Bytes to text for imported files: encoding detection, binary rejection, streamed reading.
+"""Bytes to text for imported files: encoding detection, binary and NUL rejection, streamed
+reading in lines of bounded length.
 
 Nothing here knows about CSV or OFX; it only decides how the bytes are to be read.
 """
@@ -18,7 +19,14 @@ SNIFF_BYTES = 256 * 1024
 """How much of the start of a file is read to detect encoding, format and dialect."""
 
 VALIDATE_CHUNK_BYTES = 1024 * 1024
-"""Chunk size of the pass that checks that a whole file decodes, in bytes."""
+"""Chunk size of the passes that check that a whole file decodes and holds no NUL, in bytes."""
+
+MAX_LINE_CHARS = 64 * 1024
+"""Longest physical line read from a delimited file, in characters.
+
+It bounds the memory one CSV row can take (a line of a million one-character fields would
+otherwise become a million strings) and, for fields on one line, the length of a field.
+"""
 
 _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\x89PNG\r\n\x1a\n", "a PNG image"),
@@ -55,6 +63,18 @@ NON_LATIN_HIGH_BYTE_SHARE = 0.4
 
 class FileRejected(Exception):
     """A whole-file rejection raised inside the package; the entry point re-raises it typed."""
+
+
+class LineTooLong(ValueError):
+    """A physical line of a delimited file is longer than ``MAX_LINE_CHARS``.
+
+    Raised from inside the csv reader's input, so the reader's own line count is one behind:
+    the long line is ``reader.line_num + 1``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(f"the line is longer than {MAX_LINE_CHARS:,} characters")
+        self.reason = str(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +142,47 @@ def detect_encoding(
     if _first_bad_offset(stream, "utf-8") is None:
         return Encoding("utf-8", "utf-8", "valid UTF-8")
     return _eight_bit_encoding(stream, head, declared)
+
+
+def require_no_nul(stream: BinaryIO, encoding: Encoding) -> None:
+    """Refuse a file holding a NUL character anywhere, reading it once in chunks.
+
+    Text columns in the database cannot hold NUL, and no bank or journal export writes one.
+    In UTF-16 and UTF-32 files a NUL character is a whole zero code unit, not a zero byte.
+
+    Raises:
+        FileRejected: naming the byte offset of the first NUL.
+    """
+    codec = encoding.codec.replace("_", "-")
+    unit = 4 if codec.startswith("utf-32") else 2 if codec.startswith("utf-16") else 1
+    zero = b"\x00" * unit
+    stream.seek(0)
+    done = 0
+    while chunk := stream.read(VALIDATE_CHUNK_BYTES):
+        found = chunk.find(zero)
+        while found >= 0 and found % unit:
+            found = chunk.find(zero, found + 1)
+        if found >= 0:
+            raise FileRejected(
+                f"file contains a NUL byte at byte {done + found}; it is not a text file"
+            )
+        done += len(chunk)
+
+
+def capped_lines(handle: io.TextIOBase) -> Iterator[str]:
+    """Pass a text file's lines to the csv module, refusing one longer than ``MAX_LINE_CHARS``.
+
+    A line is read at most ``MAX_LINE_CHARS + 1`` characters at a time, so a file without
+    line breaks never sits in memory whole. The count includes the line break.
+
+    Raises:
+        LineTooLong: when such a line is reached; the lines before it have been passed on.
+    """
+    read, limit = handle.readline, MAX_LINE_CHARS + 1
+    while line := read(limit):
+        if len(line) > MAX_LINE_CHARS:
+            raise LineTooLong
+        yield line
 
 
 def decode_head(head: bytes, encoding: Encoding, *, complete: bool) -> str:

@@ -125,3 +125,59 @@ def test_refuses_a_day_that_does_not_exist() -> None:
     assert reader.read("29.02.2024") == date(2024, 2, 29)
     with pytest.raises(DateError, match=r"not a date; expected DD\.MM\.YYYY"):
         reader.read("30.02.2024")
+
+
+class TestHostileValues:
+    def test_refuses_an_amount_with_thousands_of_digits_before_converting_it(self) -> None:
+        amount = AmountReader(".").read("1" * 5000)
+        with pytest.raises(AmountError, match="amount is too large"):
+            to_minor(amount, 2, "USD")
+
+    def test_reads_fifteen_digits_and_leading_zeros(self) -> None:
+        assert to_minor(AmountReader(".").read("0" * 5000 + "9" * 15), 0, "JPY") == int("9" * 15)
+
+    @pytest.mark.parametrize("text", ["١٢٣", "١٢٣.٤٥", "１２３", "-１,２３４.００"])
+    def test_refuses_digits_other_than_ascii_in_amounts(self, text: str) -> None:
+        with pytest.raises(AmountError, match="digits other than 0-9"):
+            AmountReader(".").read(text)
+
+    @pytest.mark.parametrize("text", ["٢٠٢٤-٠١-٠٥", "０５.０１.２０２４"])
+    def test_refuses_digits_other_than_ascii_in_dates(self, text: str) -> None:
+        found = detect_date_format(["05.01.2024"] if "." in text else ["2024-01-05"])
+        assert found is not None
+        with pytest.raises(DateError, match="digits other than 0-9"):
+            DateReader(found).read(text)
+
+    @pytest.mark.parametrize("text", ["0001-01-05", "9999-12-31", "1899-12-31", "2101-01-01"])
+    def test_refuses_years_no_booking_has(self, text: str) -> None:
+        found = detect_date_format(["2024-01-05"])
+        assert found is not None
+        with pytest.raises(DateError, match=r"outside 1900-2100; not a booking date"):
+            DateReader(found).read(text)
+
+    def test_reads_the_first_and_last_plausible_years(self) -> None:
+        found = detect_date_format(["2024-01-05"])
+        assert found is not None
+        reader = DateReader(found)
+        assert (reader.read("1900-01-01"), reader.read("2100-12-31")) == (
+            date(1900, 1, 1),
+            date(2100, 12, 31),
+        )
+
+    def test_refuses_a_long_run_of_spaces_inside_an_amount_at_once(self) -> None:
+        # Backtracking over the spaces took minutes with 400 of them; this must be instant.
+        with pytest.raises(AmountError):
+            parse_amount("(" + " " * 5000 + "x", ".")
+
+    @pytest.mark.parametrize(
+        ("values", "places", "expected"),
+        [
+            (["-12,500", "3,250"], 3, ","),
+            (["-12.500"], 3, "."),
+            (["-12,500"], 2, None),
+        ],
+    )
+    def test_takes_three_decimals_as_decimal_in_a_three_place_currency(
+        self, values: list[str], places: int, expected: str | None
+    ) -> None:
+        assert detect_decimal(values, places) == expected

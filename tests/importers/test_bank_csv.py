@@ -489,3 +489,168 @@ def test_reports_what_was_detected() -> None:
         "payee": "Empfänger",
     }
     assert details["file_name"] == "konto.csv"
+
+
+class TestRowsThatMustNotBeLost:
+    def test_reports_rows_with_an_amount_but_no_date(self) -> None:
+        data = (
+            b"Date,Description,Amount\n"
+            b"2026-01-05,Coffee,-4.50\n"
+            b",Transfer to savings,-500.00\n"
+            b",Rent,-1200.00\n"
+            b"2026-01-06,Tea,-3.00\n"
+        )
+        parsed, records = parse_bytes(data)
+        assert amounts(records) == [-450, -300]
+        assert parsed.errors == [
+            RowError(3, "Date", "", "empty; a date is required"),
+            RowError(4, "Date", "", "empty; a date is required"),
+        ]
+        assert "summary or footer" not in parsed.details["skipped"]
+
+    def test_reports_a_dateless_row_whose_only_text_merely_starts_like_a_total(self) -> None:
+        data = b"Date,Description,Amount\n2026-01-05,A,-1.00\n,Balance transfer,-50.00\n"
+        parsed, _ = parse_bytes(data)
+        assert [error.line for error in parsed.errors] == [3]
+
+    @pytest.mark.parametrize(
+        "footer",
+        [
+            b"Transactions Total,,-5.00",
+            b"Total,,-5.00",
+            b"Summe,,-5.00",
+            b",Total,-5.00",
+            b",Closing balance,120.00",
+        ],
+    )
+    def test_skips_a_dateless_row_with_an_amount_that_is_labelled_a_total(
+        self, footer: bytes
+    ) -> None:
+        data = b"Date,Description,Amount\n2026-01-05,A,-2.00\n2026-01-06,B,-3.00\n" + footer
+        parsed, records = parse_bytes(data + b"\n")
+        assert amounts(records) == [-200, -300]
+        assert parsed.errors == []
+        assert parsed.details["skipped"] == {"summary or footer": 1}
+
+    def test_reports_a_row_with_more_filled_cells_than_the_header(self) -> None:
+        data = (
+            b"Date,Description,Amount\n"
+            b"2026-01-05,Coffee,-4.50\n"
+            b"2026-01-06,Rent,-1,234.00\n"
+            b"2026-01-07,Lunch,-12.00\n"
+        )
+        parsed, records = parse_bytes(data)
+        assert amounts(records) == [-450, -1200]
+        assert parsed.errors == [
+            RowError(
+                3,
+                None,
+                "2026-01-06,Rent,-1,234.00",
+                "row has 4 cells where the header has 3; a value holding the delimiter must be "
+                "quoted",
+            )
+        ]
+
+    def test_reports_an_unquoted_thousands_separator_in_the_description_column_too(self) -> None:
+        data = b"Date,Amount,Description\n2026-01-05,-1,234.00,Rent\n2026-01-06,-2.00,Tea\n"
+        parsed, records = parse_bytes(data)
+        assert amounts(records) == [-200]
+        assert [error.line for error in parsed.errors] == [2]
+
+    def test_accepts_trailing_empty_cells_beyond_the_header(self) -> None:
+        data = b"Date,Description,Amount\n2026-01-05,Coffee,-4.50,,,\n2026-01-06,Tea,-3.00,\n"
+        parsed, records = parse_bytes(data)
+        assert amounts(records) == [-450, -300]
+        assert parsed.errors == []
+
+    def test_reports_a_row_of_a_million_cells_without_reading_it_whole(self) -> None:
+        data = b"Date,Description,Amount\n2026-01-05,A,-1.00\n" + b"1," * 1_000_000 + b"\n"
+        parsed, records = parse_bytes(data)
+        assert amounts(records) == [-100]
+        assert [(error.line, error.reason) for error in parsed.errors] == [
+            (
+                3,
+                "the file cannot be read as CSV from this line on "
+                "(the line is longer than 65,536 characters)",
+            )
+        ]
+
+    def test_reports_a_row_of_two_thousand_short_cells(self) -> None:
+        data = b"Date,Description,Amount\n2026-01-05,A,-1.00\n" + b"1," * 2000 + b"\n"
+        parsed, _ = parse_bytes(data)
+        assert [(error.line, error.reason.split(";")[0]) for error in parsed.errors] == [
+            (3, "row has 2000 cells where the header has 3")
+        ]
+
+    def test_reports_an_amount_of_thousands_of_digits_as_too_large(self) -> None:
+        data = b"Date,Description,Amount\n2026-01-05,A,-1.00\n2026-01-06,B," + b"1" * 5000 + b"\n"
+        parsed, records = parse_bytes(data)
+        assert amounts(records) == [-100]
+        assert [(error.line, error.column, error.reason) for error in parsed.errors] == [
+            (3, "Amount", "amount is too large: more than 15 digits before the decimal separator")
+        ]
+
+    def test_reports_a_booking_year_outside_1900_to_2100(self) -> None:
+        data = (
+            b"Date,Description,Amount\n2026-01-05,A,-1.00\n0001-01-06,B,-2.00\n9999-01-07,C,-3\n"
+        )
+        parsed, records = parse_bytes(data)
+        assert amounts(records) == [-100]
+        assert [(error.line, error.reason) for error in parsed.errors] == [
+            (3, "year 0001 is outside 1900-2100; not a booking date"),
+            (4, "year 9999 is outside 1900-2100; not a booking date"),
+        ]
+
+    def test_reports_amounts_and_dates_in_other_digits(self) -> None:
+        data = "Date,Description,Amount\n2026-01-05,A,-1.00\n2026-01-06,B,-١٢٣.٠٠\n".encode()
+        parsed, records = parse_bytes(data)
+        assert amounts(records) == [-100]
+        assert [(error.line, error.column) for error in parsed.errors] == [(3, "Amount")]
+        assert "digits other than 0-9" in parsed.errors[0].reason
+
+
+class TestUnsettledDecimalSeparator:
+    def test_rejects_grouped_whole_numbers_when_nothing_settles_the_separator(self) -> None:
+        data = (
+            "Datum;Verwendungszweck;Betrag\n"
+            "05.01.2026;Miete;-1.000\n06.01.2026;Gehalt;2.500\n07.01.2026;Bonus;12.000\n"
+        )
+        with pytest.raises(UnsupportedFile) as caught:
+            parse_bytes(data.encode(), currency="EUR")
+        assert str(caught.value) == (
+            'the decimal separator cannot be told from the amounts: "-1.000" on line 2 may be '
+            "a whole number with a thousands separator or have three decimals; set "
+            'decimal_separator ("." or ",") in the client\'s mapping profile'
+        )
+
+    def test_rejects_them_in_a_currency_without_decimals_too(self) -> None:
+        data = (
+            "Datum;Verwendungszweck;Betrag\n05.01.2026;Miete;-1.000\n06.01.2026;Gehalt;150.000\n"
+        )
+        with pytest.raises(UnsupportedFile, match="decimal_separator"):
+            parse_bytes(data.encode(), currency="JPY")
+
+    def test_reads_them_as_the_profile_says(self) -> None:
+        data = "Datum;Verwendungszweck;Betrag\n05.01.2026;Miete;-1.000\n06.01.2026;Gehalt;2.500\n"
+        profile = MappingProfile(decimal_separator=",")
+        _, records = parse_bytes(data.encode(), currency="EUR", profile=profile)
+        assert amounts(records) == [-100_000, 250_000]
+
+    def test_settles_the_separator_from_an_amount_past_the_sample(self) -> None:
+        rows = "".join(f"05.01.2026;Miete;-{n}.000\n" for n in range(1, 300))
+        data = f"Datum;Verwendungszweck;Betrag\n{rows}06.01.2026;Gehalt;2.500,50\n"
+        parsed, records = parse_bytes(data.encode(), currency="EUR")
+        assert amounts(records)[0] == -100_000
+        assert amounts(records)[-1] == 250_050
+        assert parsed.details["decimal_separator"] == ","
+
+    def test_reads_a_three_decimal_currency_with_a_decimal_comma(self) -> None:
+        data = "Date;Description;Amount\n2026-01-05;Loyer;-12,500\n2026-01-06;Salaire;3,250\n"
+        _, records = parse_bytes(data.encode(), currency="TND")
+        assert amounts(records) == [-12_500, 3_250]
+
+    def test_keeps_the_default_point_when_no_amount_is_ambiguous(self) -> None:
+        data = b"Date,Description,Amount\n2026-01-05,A,-100\n2026-01-06,B,25\n"
+        parsed, records = parse_bytes(data)
+        assert amounts(records) == [-10_000, 2_500]
+        assert parsed.details["decimal_separator_source"] == "default"

@@ -135,3 +135,13 @@ def test_reads_a_bank_file_with_reference_and_account_columns_as_bank_csv() -> N
         ("Checking", "R1"),
         ("Checking", "R2"),
     ]
+
+
+def test_reports_a_line_with_more_filled_cells_than_the_header() -> None:
+    parsed, lines = parse_journal(
+        _odoo("move_1;2014-01-01;MISC;X2001;Sale;;1000", ";;;X11002;Customer;1200;;oops")
+    )
+    assert len(lines) == 1
+    assert [(error.line, error.reason.split(";")[0]) for error in parsed.errors] == [
+        (3, "row has 8 cells where the header has 7")
+    ]

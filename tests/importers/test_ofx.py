@@ -286,3 +286,87 @@ class TestStatements:
             "broker.com/X1 also has 1 security transaction(s) (BUYSTOCK); importing the cash "
             "lines alone would leave its cash incomplete"
         )
+
+
+class TestHostileFiles:
+    def test_reads_each_cdata_section_of_a_one_line_file_on_its_own(self) -> None:
+        body = (
+            _trn("20240105", "-10.00", "A1", name="<![CDATA[Joe]]>")
+            + _trn("20240106", "-99.00", "A2", name="Rent")
+            + _trn("20240107", "-1.00", "A3", name="<![CDATA[Bob & <Co>]]>")
+        ).replace("\n", "")
+        parsed, records = parse_bytes(_sgml(_bank(body)).encode())
+        assert [(r.fitid, r.amount_minor, r.description) for r in records] == [
+            ("A1", -1000, "Joe"),
+            ("A2", -9900, "Rent"),
+            ("A3", -100, "Bob & <Co>"),
+        ]
+        assert parsed.errors == []
+
+    def test_rejects_a_cdata_section_that_is_never_closed(self) -> None:
+        text = _sgml(_bank(_trn("20240105", "-1.00", "A1", name="<![CDATA[Joe")))
+        assert _reject(text) == (
+            "OFX file could not be read: a CDATA section on line 13 is never closed"
+        )
+
+    def test_reads_a_name_of_200000_characters(self) -> None:
+        # Backtracking clean-up patterns took a minute for 80,000; a linear one is instant.
+        body = _trn("20240105", "-1.00", "A1", name="x" * 200_000).replace("</STMTTRN>", "")
+        _, records = parse_bytes(_sgml(_bank(body + "</STMTTRN>")).encode())
+        assert [len(r.description) for r in records] == [200_000]
+
+    def test_reads_a_value_reopened_after_200000_characters_of_text(self) -> None:
+        body = _trn("20240105", "-1.00", "A1", name="x " * 100_000 + "<NAME>")
+        _, records = parse_bytes(_sgml(_bank(body)).encode())
+        assert len(records) == 1
+
+    def test_rejects_many_comment_openings_without_a_close_at_once(self) -> None:
+        text = _sgml(_bank(_trn("20240105", "-1.00", "A1", name="<!-- a" * 50_000)))
+        assert _reject(text) == "OFX file could not be read: a comment on line 13 is never closed"
+
+    def test_reads_markup_openings_that_are_neither_comment_nor_cdata(self) -> None:
+        text = _sgml(_bank(_trn("20240105", "-1.00", "A1", name="<!x" * 1000)))
+        assert len(parse_bytes(text.encode())[1]) == 1
+
+    def test_reports_a_trnamt_and_a_balamt_of_thousands_of_digits(self) -> None:
+        body = _trn("20240105", "1" * 5000, "A1") + _trn("20240106", "-1.00", "A2")
+        parsed, records = parse_bytes(_sgml(_bank(body, balance="9" * 5000)).encode())
+        assert amounts(records) == [-100]
+        too_large = "amount is too large: more than 15 digits before the decimal separator"
+        assert [(e.column, e.reason) for e in parsed.errors] == [
+            ("TRNAMT", f"{too_large} (transaction A1)"),
+            ("BALAMT", f"{too_large} (LEDGERBAL of 121/999)"),
+        ]
+        assert parsed.balances == []
+
+    def test_reports_a_posting_year_outside_1900_to_2100(self) -> None:
+        body = _trn("00010105", "-1.00", "A1") + _trn("20240106", "-2.00", "A2")
+        parsed, records = parse_bytes(_sgml(_bank(body)).encode())
+        assert amounts(records) == [-200]
+        assert [(e.column, e.reason) for e in parsed.errors] == [
+            ("DTPOSTED", "year 0001 is outside 1900-2100; not a booking date (transaction A1)")
+        ]
+
+    def test_reports_amounts_and_dates_in_other_digits(self) -> None:
+        body = _trn("٢٠٢٤٠١٠٥", "-1.00", "A1") + _trn("20240106", "-١.٠٠", "A2")
+        parsed, records = parse_bytes(_sgml(_bank(body)).encode())
+        assert records == []
+        assert [e.column for e in parsed.errors] == ["DTPOSTED", "TRNAMT"]
+        assert all("digits other than 0-9" in e.reason for e in parsed.errors)
+
+    def test_lists_at_most_ten_unknown_message_sets_in_a_rejection(self) -> None:
+        sets = "".join(f"<X{i:04d}><A>1</X{i:04d}>" for i in range(500))
+        message = _reject(f"{SGML_HEADER}<OFX>{SIGNON}{sets}</OFX>")
+        assert message.endswith("X0006, X0007 and 492 more)")
+        assert len(message) < 300
+
+    def test_rejects_a_file_over_the_size_limit_before_reading_it(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr("shared.importers.OFX_MAX_BYTES", 1000)
+        text = _sgml(_bank(_trn("20240105", "-1.00", "A1", name="x" * 2000)))
+        size = len(text.encode())
+        assert _reject(text) == (
+            f"OFX file is {size:,} bytes; OFX files over 1,000 bytes are not read "
+            "(they are parsed whole in memory)"
+        )

@@ -9,6 +9,7 @@ import pytest
 from shared.domain.imports import FileFormat, MappingProfile
 from shared.errors import ValidationError
 from shared.importers import UnsupportedFile
+from shared.importers.sniff import looks_like_ofx
 from tests.importers.helpers import amounts, parse_bytes
 
 UMLAUT_CSV = (
@@ -178,3 +179,63 @@ class TestOfxDetection:
         data = b"Date,Description,Amount\n2024-01-02,<OFX> export fee,-1.00\n"
         parsed, _ = parse_bytes(data)
         assert parsed.format == FileFormat.BANK_CSV
+
+
+class TestHostileFiles:
+    def test_rejects_a_nul_byte_after_the_first_kilobytes(self) -> None:
+        data = b"Date,Description,Amount\n" + b"2024-01-05,Shop,-1.00\n" * 400
+        message = _rejection(data + b"2024-01-06,Sh\x00p,-2.00\n")
+        assert (
+            message == f"file contains a NUL byte at byte {len(data) + 13}; it is not a text file"
+        )
+
+    def test_rejects_a_nul_character_in_utf16(self) -> None:
+        text = (
+            "Date,Description,Amount\n"
+            + "2024-01-05,Shop,-1.00\n" * 200
+            + "2024-01-06,\x00,-2.00\n"
+        )
+        message = _rejection(text.encode("utf-16"))
+        assert message.startswith("file contains a NUL byte at byte ")
+
+    def test_keeps_utf16_text_whose_bytes_hold_zeros(self) -> None:
+        text = "Date,Description,Amount\n" + "2024-01-05,Ā Shop,-1.00\n" * 200
+        _, records = parse_bytes(text.encode("utf-16"))
+        assert len(records) == 200
+
+    def test_names_a_line_too_long_to_read_after_a_good_row(self) -> None:
+        data = b"Date,Description,Amount\n2024-01-05,Shop,-1.00\n2024-01-06," + b"y" * 300_000
+        parsed, records = parse_bytes(data + b",2.00\n")
+        assert amounts(records) == [-100]
+        assert [(error.line, error.reason) for error in parsed.errors] == [
+            (
+                3,
+                "the file cannot be read as CSV from this line on "
+                "(the line is longer than 65,536 characters)",
+            )
+        ]
+
+    def test_rejects_a_file_whose_header_is_beyond_a_line_too_long(self) -> None:
+        message = _rejection(
+            b"x" * 100_000 + b"\nDate,Description,Amount\n2024-01-05,Shop,-1.00\n"
+        )
+        assert message == (
+            "not a bank CSV, OFX/QFX or journal CSV file: line 1 cannot be read: the line is "
+            "longer than 65,536 characters"
+        )
+
+    def test_rejects_a_header_of_more_than_a_thousand_cells(self) -> None:
+        header = "Date,Description,Amount," + ",".join(f"c{i}" for i in range(1000))
+        message = _rejection(f"{header}\n2024-01-05,Shop,-1.00\n".encode())
+        assert message == "the header on line 1 has 1003 cells; at most 1000 are read"
+
+    def test_lists_at_most_thirty_header_cells_in_a_reason(self) -> None:
+        header = "Date,Description," + ",".join(f"c{i}" for i in range(500))
+        message = _rejection(f"{header}\n2024-01-05,Shop,1\n".encode())
+        assert "c27 and 472 more) has no column for the amount" in message
+
+    def test_tells_ofx_from_a_long_header_like_run_at_once(self) -> None:
+        # Each of these took minutes with backtracking patterns; the scan is linear.
+        assert not looks_like_ofx("<?" * 100_000 + "<OFX>")
+        assert not looks_like_ofx("A" * 200_000 + "<OFX>")
+        assert looks_like_ofx("\n" * 200_000 + "<?xml version='1.0'?><!-- c --><OFX>")
