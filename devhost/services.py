@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -107,7 +108,25 @@ def _cmdline(pid: int) -> list[str] | None:
 # -- PostgreSQL --------------------------------------------------------------------------
 
 
-class PostgresHandle:
+class _StopsOnExit:
+    """A service handle usable in ``with``: leaving the block stops the service."""
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class PostgresHandle(_StopsOnExit):
     """A PostgreSQL cluster listening on 127.0.0.1; ``stop()`` shuts it down (fast mode).
 
     Use as a context manager, or call ``stop()``; see ``start_postgres``.
@@ -156,17 +175,6 @@ class PostgresHandle:
                 f"{result.output.strip()}"
             )
         log.info("PostgreSQL stopped", extra={"data_dir": str(self.data_dir), "port": self.port})
-
-    def __enter__(self) -> PostgresHandle:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 class _PgResult:
@@ -463,7 +471,7 @@ def azurite_bin_dir(explicit: Path | None = None) -> Path:
     return REPO_ROOT / "node_modules" / ".bin"
 
 
-class AzuriteHandle:
+class AzuriteHandle(_StopsOnExit):
     """Running Azurite services; ``stop()`` terminates them. See ``start_azurite``."""
 
     def __init__(self, *, data_dir: Path, blob_port: int, queue_port: int | None) -> None:
@@ -491,17 +499,6 @@ class AzuriteHandle:
                 proc.wait(timeout=1)
             pid_file.unlink(missing_ok=True)
             log.info("Azurite %s stopped", service, extra={"pid": proc.pid})
-
-    def __enter__(self) -> AzuriteHandle:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _terminate_group(pid: int, proc: subprocess.Popen[bytes] | None) -> None:
