@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 # and it keeps every sum far inside a 64-bit integer.
 MAX_ABS_AMOUNT_MINOR = 10**15
 
+# A bank account the importer creates is found again by this key: a hash of the bank's
+# account id, never the number itself. ``_bank_account_key`` is the same in Python.
+_STAGED_ACCOUNT_KEY = "'bank:' || encode(sha256(convert_to(s.account_ref, 'UTF8')), 'hex')"
+
 # A folder ``account-<label>`` in a blob's path names the bank account of its files.
 ACCOUNT_FOLDER_PREFIX = "account-"
 
@@ -166,10 +170,11 @@ def import_blob(blob_name: str) -> ImportOutcome:
         }
         try:
             client_part, file_name = split_blob_name(blob_name)
-            if info.size > get_settings().ledger_import_max_bytes:
+            limit = get_settings().ledger_import_max_bytes
+            if info.size > limit:
                 raise Rejected(
                     f"file is {info.size} bytes, over the import limit of "
-                    f"{get_settings().ledger_import_max_bytes} bytes (LEDGER_IMPORT_MAX_BYTES)"
+                    f"{limit} bytes (LEDGER_IMPORT_MAX_BYTES)"
                 )
             with postgres.transaction() as conn:
                 client = _load_client(conn, client_part)
@@ -486,9 +491,7 @@ def _post_bank(conn: psycopg.Connection, client: Client, import_id: int) -> tupl
                         ELSE 'row:' || s.row_key || ':' || row_number() OVER by_row
                    END AS dedupe_key
             FROM stage_bank s
-            JOIN accounts a ON a.client_id = %(client)s
-                           AND a.external_ref = 'bank:' || encode(sha256(convert_to(
-                               s.account_ref, 'UTF8')), 'hex')
+            JOIN accounts a ON a.client_id = %(client)s AND a.external_ref = {staged_key}
             WINDOW by_fitid AS (
                        PARTITION BY s.account_ref, s.fitid, s.booked_on, s.amount_minor
                        ORDER BY s.line),
@@ -529,7 +532,7 @@ def _post_bank(conn: psycopg.Connection, client: Client, import_id: int) -> tupl
             FROM new_tx n WHERE n.entry_id IS NOT NULL
         )
         SELECT (SELECT count(*) FROM new_tx), (SELECT count(*) FROM stage_bank)
-        """,
+        """.replace("{staged_key}", _STAGED_ACCOUNT_KEY),
         {"client": client.id, "import": import_id, "income": income_id, "expense": expense_id},
     ).fetchone()
     assert row is not None
@@ -555,14 +558,12 @@ def _fitid_warnings(conn: psycopg.Connection, client: Client) -> list[str]:
         """
         SELECT DISTINCT ON (s.line) s.fitid, s.line, t.booked_on, t.amount_minor, t.currency
         FROM stage_bank s
-        JOIN accounts a ON a.client_id = %s
-                       AND a.external_ref = 'bank:' || encode(sha256(convert_to(
-                           s.account_ref, 'UTF8')), 'hex')
+        JOIN accounts a ON a.client_id = %s AND a.external_ref = {staged_key}
         JOIN bank_transactions t ON t.account_id = a.id AND t.fitid = s.fitid
         WHERE s.fitid IS NOT NULL
           AND (t.booked_on, t.amount_minor) <> (s.booked_on, s.amount_minor)
         ORDER BY s.line LIMIT %s
-        """,
+        """.replace("{staged_key}", _STAGED_ACCOUNT_KEY),
         (client.id, LEDGER_REPORT_MAX_ERRORS),
     ).fetchall()
     return [
@@ -581,7 +582,7 @@ def _ensure_bank_accounts(conn: psycopg.Connection, client: Client) -> None:
     """Create a bank account in the chart for each account the file names, once."""
     refs = [r[0] for r in conn.execute("SELECT DISTINCT account_ref FROM stage_bank")]
     for ref in refs:
-        digest = hashlib.sha256(ref.encode()).hexdigest()
+        key = _bank_account_key(ref)
         shown = f" {_account_label(ref)}" if ref else ""
         conn.execute(
             """
@@ -589,8 +590,13 @@ def _ensure_bank_accounts(conn: psycopg.Connection, client: Client) -> None:
             VALUES (%s, %s, %s, 'asset', %s)
             ON CONFLICT (client_id, external_ref) DO NOTHING
             """,
-            (client.id, f"BANK-{digest[:8].upper()}", f"Bank account{shown}", f"bank:{digest}"),
+            (client.id, f"BANK-{key[5:13].upper()}", f"Bank account{shown}", key),
         )
+
+
+def _bank_account_key(ref: str) -> str:
+    """The ``external_ref`` of the bank account for ``ref`` (see ``_STAGED_ACCOUNT_KEY``)."""
+    return "bank:" + hashlib.sha256(ref.encode()).hexdigest()
 
 
 def _account_label(ref: str) -> str:
@@ -757,7 +763,6 @@ def _balance_check(
     """Compare each balance the file states with the account's ledger balance after import."""
     checks = []
     for stated in balances:
-        digest = hashlib.sha256(stated.account_ref.encode()).hexdigest()
         row = conn.execute(
             """
             SELECT coalesce(sum(l.amount_minor), 0)
@@ -767,7 +772,13 @@ def _balance_check(
             WHERE a.client_id = %s AND a.external_ref = %s AND l.currency = %s
               AND (%s::date IS NULL OR e.booked_on <= %s::date)
             """,
-            (client.id, f"bank:{digest}", stated.currency, stated.as_of, stated.as_of),
+            (
+                client.id,
+                _bank_account_key(stated.account_ref),
+                stated.currency,
+                stated.as_of,
+                stated.as_of,
+            ),
         ).fetchone()
         ledger = int(row[0]) if row else 0
         checks.append(
@@ -910,25 +921,18 @@ def _known_client_id(blob_name: str) -> uuid.UUID | None:
     return client_id if row else None
 
 
-@dataclass(frozen=True, slots=True)
-class _Done:
-    import_id: int
-    status: str
-    report: dict[str, Any]
-    report_location: str | None
-
-
-def _find_import(blob_name: str, etag: str) -> _Done | None:
+def _find_import(blob_name: str, etag: str) -> ImportOutcome | None:
+    """The stored outcome of a blob version already handled, if any."""
     with postgres.transaction() as conn:
         row = conn.execute(
             "SELECT id, status, report, report_location FROM ledger_imports"
             " WHERE blob_name = %s AND blob_version = %s",
             (blob_name, etag),
         ).fetchone()
-    return _Done(int(row[0]), row[1], row[2], row[3]) if row else None
+    return ImportOutcome(row[1], int(row[0]), row[2], row[3]) if row else None
 
 
-def _publish(outcome: ImportOutcome | _Done) -> None:
+def _publish(outcome: ImportOutcome) -> None:
     """Write the report blob and, for a rejection, remove the file from the drop folder."""
     if not outcome.report_location:
         return
