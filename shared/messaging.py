@@ -1,0 +1,59 @@
+"""Queues the app uses, defined once: the code, the local broker and the Bicep parameters
+all read this table, so a queue's session, lock and retry settings cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+STRIPE_EVENTS_QUEUE = "stripe-events"
+QUICKBOOKS_EVENTS_QUEUE = "quickbooks-events"
+
+SERVICE_BUS_CONNECTION = "ServiceBusConnection"
+"""Name of the connection setting the Service Bus triggers use (``connection=``)."""
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """The properties of one Service Bus queue, as Service Bus names them."""
+
+    name: str
+    requires_session: bool
+    lock_duration_s: int = 60
+    max_delivery_count: int = 10
+    duplicate_detection_window_s: int = 600
+    default_message_ttl_s: int = 14 * 24 * 3600
+    dead_lettering_on_message_expiration: bool = True
+
+
+QUEUES: Mapping[str, QueueSpec] = {
+    spec.name: spec
+    for spec in (
+        # Per Stripe customer (or account) order: events about one customer apply in turn.
+        QueueSpec(STRIPE_EVENTS_QUEUE, requires_session=True),
+        # Per QuickBooks realm order.
+        QueueSpec(QUICKBOOKS_EVENTS_QUEUE, requires_session=True),
+    )
+}
+
+
+@dataclass(frozen=True)
+class OutboundMessage:
+    """One message to send. ``message_id`` is what duplicate detection keys on."""
+
+    message_id: str
+    body: bytes
+    session_id: str | None = None
+    content_type: str = "application/json"
+    subject: str | None = None
+    application_properties: Mapping[str, str] = field(default_factory=dict)
+    scheduled_enqueue_time: datetime | None = None
+
+
+class MessageSender(Protocol):
+    """Sends messages to a queue of ``QUEUES``; raises ``UpstreamError`` when it cannot."""
+
+    def send(self, queue: str, messages: Sequence[OutboundMessage]) -> None: ...
