@@ -41,6 +41,13 @@ PG_SUPERUSER = "postgres"
 # PostgreSQL refuses to run as root; as root the cluster belongs to this system user.
 PG_SYSTEM_USER = "pgserver"
 PG_START_TIMEOUT_S = 30
+# Sized like a small server rather than initdb's defaults (128 MB of buffers, 1 GB of WAL
+# between checkpoints), so that a million-row import neither writes back its own dirty
+# pages nor forces checkpoints halfway through.
+PG_TUNING = (
+    "-c", "shared_buffers=512MB", "-c", "max_wal_size=4GB", "-c", "wal_buffers=16MB",
+    "-c", "checkpoint_timeout=15min",
+)  # fmt: skip
 PG_STOP_TIMEOUT_S = 30
 PG_LOG_FILE = "devhost-postgres.log"
 PG_SHMEM_RETRIES = 10
@@ -342,6 +349,7 @@ def _start_postmaster(handle: PostgresHandle, bin_dir: Path, fsync: bool) -> Non
     options = [
         "-c", f"listen_addresses={LOOPBACK}", "-p", str(port),
         "-c", f"unix_socket_directories={_socket_dir_for(data_dir, port)}",
+        *PG_TUNING,
     ]  # fmt: skip
     if not fsync:
         options += ["-c", "fsync=off", "-c", "synchronous_commit=off"]

@@ -73,7 +73,7 @@ CREATE TABLE journal_entries (
     source      text NOT NULL CHECK (source IN ('bank_import', 'journal_import', 'manual')),
     import_id   bigint,
     -- Set for entries whose repetition would double-count (journal-file entries).
-    dedupe_key  text,
+    dedupe_key  text COLLATE "C",
     reverses_id bigint,
     created_xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
     created_at  timestamptz NOT NULL DEFAULT now()
@@ -84,16 +84,17 @@ CREATE UNIQUE INDEX journal_entries_dedupe_idx ON journal_entries (client_id, de
 CREATE INDEX journal_entries_client_date_idx ON journal_entries (client_id, booked_on, id);
 
 CREATE TABLE journal_lines (
-    id           bigserial PRIMARY KEY,
+    id           bigserial,
     entry_id     bigint NOT NULL,
     client_id    uuid NOT NULL,
     account_id   bigint NOT NULL,
     amount_minor bigint NOT NULL CHECK (amount_minor <> 0),
     currency     char(3) NOT NULL CHECK (currency ~ '^[A-Z]{3}$'),
     memo         text NOT NULL DEFAULT '',
-    created_xid  xid8 NOT NULL DEFAULT pg_current_xact_id()
+    created_xid  xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    -- Lines are read by entry; keyed so, one index serves as key and entry lookup.
+    PRIMARY KEY (entry_id, id)
 );
-CREATE INDEX journal_lines_entry_idx ON journal_lines (entry_id);
 CREATE INDEX journal_lines_account_idx ON journal_lines (account_id, entry_id);
 
 CREATE TABLE bank_transactions (
@@ -106,9 +107,10 @@ CREATE TABLE bank_transactions (
     description  text NOT NULL DEFAULT '',
     reference    text,
     fitid        text,
-    -- 'fitid:<FITID>' when the bank gives one, else 'row:<sha256 of the normalised date,
-    -- amount, currency and description>:<occurrence within the file>'.
-    dedupe_key   text NOT NULL,
+    -- 'fitid:<FITID>:<date>:<amount>' when the bank gives one, else 'row:<hash of the
+    -- normalised date, amount, currency and description>:<occurrence within the file>'.
+    -- Byte order: keys are compared, never shown sorted.
+    dedupe_key   text COLLATE "C" NOT NULL,
     import_id    bigint NOT NULL,
     -- Null only for zero-amount rows, which post nothing.
     entry_id     bigint,

@@ -41,15 +41,23 @@ log = logging.getLogger(__name__)
 # and it keeps every sum far inside a 64-bit integer.
 MAX_ABS_AMOUNT_MINOR = 10**15
 
-# A bank account the importer creates is found again by this key: a hash of the bank's
-# account id, never the number itself. ``_bank_account_key`` is the same in Python.
-_STAGED_ACCOUNT_KEY = "'bank:' || encode(sha256(convert_to(s.account_ref, 'UTF8')), 'hex')"
+# The dedupe key of a bank row without a FITID: the first 144 bits of the SHA-256 of its
+# booked date, amount in minor units, currency and description (whitespace collapsed,
+# case folded), base64. ``key_text`` carries the folded description when SQL's ASCII
+# lower() of the description would not give it.
+ROW_KEY_SQL = """encode(substr(sha256(convert_to(concat_ws('|', s.booked_on, s.amount_minor,
+    s.currency, coalesce(s.key_text, lower(s.description COLLATE "C"))), 'UTF8')), 1, 18),
+    'base64')"""
 
 # A folder ``account-<label>`` in a blob's path names the bank account of its files.
 ACCOUNT_FOLDER_PREFIX = "account-"
 
 # Memory one import's sorts may use in Postgres, in MB.
 IMPORT_WORK_MEM_MB = 128
+
+# Staged rows are sent to COPY in batches of this many: fewer calls, bounded memory.
+COPY_BATCH_ROWS = 2000
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 UNCATEGORISED_INCOME = ("UNCATEGORISED-INCOME", "Uncategorised income", "income")
 UNCATEGORISED_EXPENSE = ("UNCATEGORISED-EXPENSE", "Uncategorised expense", "expense")
@@ -297,7 +305,7 @@ def _import(
         # An ``account-<label>`` folder names the bank account for files that do not name
         # one themselves, so two accounts' exports never merge.
         folder = account_folder(file_name)
-        tally = _stage_bank(conn, parsed.records, parsed.errors, folder)  # type: ignore[arg-type]
+        _stage_bank(conn, parsed.records, parsed.errors, folder)  # type: ignore[arg-type]
         parsed.balances = [
             replace(b, account_ref=b.account_ref or folder) for b in parsed.balances
         ]
@@ -311,10 +319,14 @@ def _import(
             parsed.errors,
             error_count,
         )
+    if not is_journal:
+        tally = _bank_tally(conn)
     if tally.rows == 0:
         raise Rejected("the file has no transactions")
 
-    warnings = [] if is_journal else _fitid_warnings(conn, client)
+    if not is_journal:
+        _ensure_bank_accounts(conn, client)
+    warnings = [] if is_journal else _fitid_warnings(conn)
     import_id = _insert_import_row(conn, client, header, blob_name, parsed.format, started)
     if is_journal:
         imported, duplicates = _post_journal(conn, client, import_id)
@@ -419,42 +431,68 @@ def _stage_bank(
     records: Iterator[BankTxn],
     errors: list[RowError],
     default_account: str,
-) -> _Tally:
+) -> None:
+    """Stream the file's transactions into ``stage_bank`` (all of them while none is bad)."""
     conn.execute(
         """
         CREATE TEMP TABLE stage_bank (
             line integer, account_ref text, booked_on date, amount_minor bigint,
-            currency text, description text, fitid text, reference text, row_key text
+            currency text, description text, fitid text, reference text, key_text text
         ) ON COMMIT DROP
         """
     )
-    tally = _Tally()
+    batch: list[str] = []
     cursor = conn.cursor()
     with cursor.copy(
         "COPY stage_bank (line, account_ref, booked_on, amount_minor, currency, description,"
-        " fitid, reference, row_key) FROM STDIN",
+        " fitid, reference, key_text) FROM STDIN",
         writer=_bounded_writer(cursor),
     ) as copy:
         for txn in records:
-            if not _check_amount(txn, errors):
-                continue
-            amount = txn.amount_minor
-            tally.add(txn.booked_on, txn.currency, max(amount, 0), max(-amount, 0))
-            if errors:
+            if not _check_amount(txn, errors) or errors:
                 continue  # the file is rejected anyway; keep reading only to count rows
-            copy.write_row(
-                (
-                    txn.line,
-                    txn.account_ref or default_account,
-                    txn.booked_on,
-                    amount,
-                    txn.currency,
-                    txn.description,
-                    txn.fitid or None,
-                    txn.reference,
-                    _row_key(txn),
-                )
+            text = txn.description
+            folded = " ".join(text.split()).casefold()
+            batch.append(
+                f"{txn.line}\t{_copy_text(txn.account_ref or default_account)}"
+                f"\t{txn.booked_on}\t{txn.amount_minor}\t{_copy_text(txn.currency)}"
+                f"\t{_copy_text(text)}\t{_copy_text(txn.fitid or None)}"
+                f"\t{_copy_text(txn.reference)}"
+                # Null when SQL's ASCII lower() of the description gives the same text.
+                f"\t{_copy_text(None if text.isascii() and folded == text.lower() else folded)}"
+                "\n"
             )
+            if len(batch) == COPY_BATCH_ROWS:
+                copy.write("".join(batch))
+                batch.clear()
+        if batch:
+            copy.write("".join(batch))
+
+
+def _copy_text(value: str | None) -> str:
+    """``value`` as a field of COPY's text format."""
+    if value is None:
+        return "\\N"
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        return value.translate(_COPY_ESCAPES)
+    return value
+
+
+def _bank_tally(conn: psycopg.Connection) -> _Tally:
+    """Counts, date range and totals per currency of the staged transactions."""
+    tally = _Tally()
+    for currency, count, first, last, inflow, outflow in conn.execute(
+        """
+        SELECT currency, count(*), min(booked_on), max(booked_on),
+               coalesce(sum(amount_minor) FILTER (WHERE amount_minor > 0), 0),
+               coalesce(-sum(amount_minor) FILTER (WHERE amount_minor < 0), 0)
+        FROM stage_bank GROUP BY currency
+        """
+    ):
+        tally.rows += count
+        tally.first = first if tally.first is None else min(tally.first, first)
+        tally.last = last if tally.last is None else max(tally.last, last)
+        tally.totals[currency] = {"count": count, "in": int(inflow), "out": int(outflow)}
     return tally
 
 
@@ -464,38 +502,35 @@ def _bounded_writer(cursor: psycopg.Cursor[Any]) -> LibpqWriter:
     return LibpqWriter(cursor)
 
 
-def _row_key(txn: BankTxn) -> str:
-    """Hash of what identifies a bank row without a bank id: date, amount, currency, text."""
-    text = " ".join(txn.description.split()).casefold()
-    raw = f"{txn.booked_on.isoformat()}|{txn.amount_minor}|{txn.currency}|{text}"
-    return hashlib.sha256(raw.encode()).hexdigest()
-
-
 def _post_bank(conn: psycopg.Connection, client: Client, import_id: int) -> tuple[int, int]:
     income_id = _system_account(conn, client, UNCATEGORISED_INCOME)
     expense_id = _system_account(conn, client, UNCATEGORISED_EXPENSE)
-    _ensure_bank_accounts(conn, client)
 
     row = conn.execute(
         """
-        WITH keyed AS (
-            SELECT s.*, a.id AS account_id,
+        WITH based AS (
+            SELECT s.line, s.booked_on, s.amount_minor, s.currency, s.description,
+                   s.reference, s.fitid, b.account_id,
                    -- The bank's FITID with the date and amount it names: banks do reuse
-                   -- FITIDs, and a reused one must never hide another payment. Repeats of
-                   -- the same FITID, date and amount inside one file are numbered, as
-                   -- identical rows without a FITID are.
+                   -- FITIDs, and a reused one must never hide another payment. Without a
+                   -- FITID, a hash of the normalised row (see ROW_KEY_SQL).
                    CASE WHEN s.fitid IS NOT NULL
                         THEN 'fitid:' || s.fitid || ':' || s.booked_on || ':' || s.amount_minor
-                             || CASE WHEN row_number() OVER by_fitid > 1
-                                     THEN ':' || row_number() OVER by_fitid ELSE '' END
-                        ELSE 'row:' || s.row_key || ':' || row_number() OVER by_row
+                        ELSE 'row:' || {row_key}
+                   END COLLATE "C" AS base
+            FROM stage_bank s JOIN stage_accounts b USING (account_ref)
+        ),
+        keyed AS (
+            -- Repeats of one base inside the file are numbered in file order; a FITID's
+            -- first occurrence keeps the bare key.
+            SELECT k.*,
+                   CASE WHEN k.fitid IS NOT NULL AND k.occurrence = 1 THEN k.base
+                        ELSE k.base || ':' || k.occurrence
                    END AS dedupe_key
-            FROM stage_bank s
-            JOIN accounts a ON a.client_id = %(client)s AND a.external_ref = {staged_key}
-            WINDOW by_fitid AS (
-                       PARTITION BY s.account_ref, s.fitid, s.booked_on, s.amount_minor
-                       ORDER BY s.line),
-                   by_row AS (PARTITION BY s.account_ref, s.row_key ORDER BY s.line)
+            FROM (SELECT based.*,
+                         row_number() OVER (PARTITION BY account_id, base ORDER BY line)
+                             AS occurrence
+                  FROM based) k
         ),
         new_tx AS (
             INSERT INTO bank_transactions
@@ -532,7 +567,7 @@ def _post_bank(conn: psycopg.Connection, client: Client, import_id: int) -> tupl
             FROM new_tx n WHERE n.entry_id IS NOT NULL
         )
         SELECT (SELECT count(*) FROM new_tx), (SELECT count(*) FROM stage_bank)
-        """.replace("{staged_key}", _STAGED_ACCOUNT_KEY),
+        """.replace("{row_key}", ROW_KEY_SQL),
         {"client": client.id, "import": import_id, "income": income_id, "expense": expense_id},
     ).fetchone()
     assert row is not None
@@ -540,7 +575,7 @@ def _post_bank(conn: psycopg.Connection, client: Client, import_id: int) -> tupl
     return imported, staged - imported
 
 
-def _fitid_warnings(conn: psycopg.Connection, client: Client) -> list[str]:
+def _fitid_warnings(conn: psycopg.Connection) -> list[str]:
     """Name each FITID that stands for different transactions, in the file or the ledger.
 
     Every such transaction is imported (a reused FITID never hides a payment), so a bank
@@ -558,13 +593,13 @@ def _fitid_warnings(conn: psycopg.Connection, client: Client) -> list[str]:
         """
         SELECT DISTINCT ON (s.line) s.fitid, s.line, t.booked_on, t.amount_minor, t.currency
         FROM stage_bank s
-        JOIN accounts a ON a.client_id = %s AND a.external_ref = {staged_key}
-        JOIN bank_transactions t ON t.account_id = a.id AND t.fitid = s.fitid
+        JOIN stage_accounts a USING (account_ref)
+        JOIN bank_transactions t ON t.account_id = a.account_id AND t.fitid = s.fitid
         WHERE s.fitid IS NOT NULL
           AND (t.booked_on, t.amount_minor) <> (s.booked_on, s.amount_minor)
         ORDER BY s.line LIMIT %s
-        """.replace("{staged_key}", _STAGED_ACCOUNT_KEY),
-        (client.id, LEDGER_REPORT_MAX_ERRORS),
+        """,
+        (LEDGER_REPORT_MAX_ERRORS,),
     ).fetchall()
     return [
         f"FITID {fitid!r} names {count} different transactions in this file (first on line "
@@ -579,7 +614,12 @@ def _fitid_warnings(conn: psycopg.Connection, client: Client) -> list[str]:
 
 
 def _ensure_bank_accounts(conn: psycopg.Connection, client: Client) -> None:
-    """Create a bank account in the chart for each account the file names, once."""
+    """Create a bank account in the chart for each account the file names, once, and list
+    them in ``stage_accounts`` (account_ref, account_id) for the statements that follow."""
+    conn.execute(
+        "CREATE TEMP TABLE stage_accounts (account_ref text PRIMARY KEY, account_id bigint)"
+        " ON COMMIT DROP"
+    )
     refs = [r[0] for r in conn.execute("SELECT DISTINCT account_ref FROM stage_bank")]
     for ref in refs:
         key = _bank_account_key(ref)
@@ -587,15 +627,28 @@ def _ensure_bank_accounts(conn: psycopg.Connection, client: Client) -> None:
         conn.execute(
             """
             INSERT INTO accounts (client_id, code, name, type, external_ref)
-            VALUES (%s, %s, %s, 'asset', %s)
+            VALUES (%(client)s, %(code)s, %(name)s, 'asset', %(key)s)
             ON CONFLICT (client_id, external_ref) DO NOTHING
             """,
-            (client.id, f"BANK-{key[5:13].upper()}", f"Bank account{shown}", key),
+            {
+                "client": client.id,
+                "code": f"BANK-{key[5:13].upper()}",
+                "name": f"Bank account{shown}",
+                "key": key,
+            },
+        )
+        conn.execute(
+            """
+            INSERT INTO stage_accounts (account_ref, account_id)
+            SELECT %s, id FROM accounts WHERE client_id = %s AND external_ref = %s
+            """,
+            (ref, client.id, key),
         )
 
 
 def _bank_account_key(ref: str) -> str:
-    """The ``external_ref`` of the bank account for ``ref`` (see ``_STAGED_ACCOUNT_KEY``)."""
+    """The ``external_ref`` of the bank account for ``ref``: a hash of the bank's account
+    id, never the number itself."""
     return "bank:" + hashlib.sha256(ref.encode()).hexdigest()
 
 
