@@ -146,6 +146,9 @@ def relay(sender: MessageSender) -> DeliveryOutcome:
     return total
 
 
+# Limitation: a round holds its rows' locks and a database connection while Service Bus
+# takes each session's messages, so a slow namespace slows the relay and the webhook
+# answers (which wait for their own hand-off) as much as the sender's timeout allows.
 def _round(sender: MessageSender, only: list[int] | None) -> DeliveryOutcome:
     outcome = DeliveryOutcome()
     with postgres.transaction() as conn:

@@ -169,11 +169,13 @@ def accept_stripe(
         ConfigError: no endpoint secret is configured.
         UpstreamError: the database is unavailable; nothing is stored.
     """
+    # Authenticity first: nothing of an unsigned or replayed-late body is read or kept.
     settings = get_settings()
     signature = headers.get(STRIPE_SIGNATURE_HEADER)
     timestamp = stripe_adapter.verify_signature(body, signature, settings.stripe_webhook_secrets)
     _check_age(timestamp, time.time() if now is None else now, settings.stripe_webhook_tolerance_s)
 
+    # A test-mode event at the live endpoint (or the reverse) is a misconfigured endpoint.
     event = _stripe_event(body)
     if event["livemode"] is not settings.stripe_livemode:
         wanted = "live" if settings.stripe_livemode else "test"
@@ -183,14 +185,14 @@ def accept_stripe(
         )
 
     arrival = _Arrival(
-        STRIPE,
-        event["id"],
-        event["type"],
-        event["livemode"],
-        body,
-        str(signature),
-        headers,
-        traceparent,
+        source=STRIPE,
+        event_id=event["id"],
+        event_type=event["type"],
+        livemode=event["livemode"],
+        body=body,
+        signature=str(signature),
+        headers=headers,
+        traceparent=traceparent,
     )
     message = stripe_message(event, body, traceparent)
     return _record(arrival, [(STRIPE_EVENTS_QUEUE, message)], sender)
@@ -221,14 +223,14 @@ def accept_quickbooks(
     verify_quickbooks_signature(body, signature, get_settings().quickbooks_webhook_verifier_tokens)
     kind, changes = parse_quickbooks(body)
     arrival = _Arrival(
-        QUICKBOOKS,
-        "sha256:" + hashlib.sha256(body).hexdigest(),
-        kind,
-        None,
-        body,
-        str(signature),
-        headers,
-        traceparent,
+        source=QUICKBOOKS,
+        event_id="sha256:" + hashlib.sha256(body).hexdigest(),
+        event_type=kind,
+        livemode=None,
+        body=body,
+        signature=str(signature),
+        headers=headers,
+        traceparent=traceparent,
     )
     messages = [(QUICKBOOKS_EVENTS_QUEUE, quickbooks_message(c, traceparent)) for c in changes]
     return _record(arrival, messages, sender)
@@ -255,6 +257,9 @@ def verify_quickbooks_signature(body: bytes, signature: str | None, tokens: Sequ
     raise ValidationError("the intuit-signature header matches no configured verifier token")
 
 
+# Limitation: the message is the whole event, so an event over the queue's message size
+# limit (256 KB on the Service Bus Standard tier) fails to send and stays in the outbox,
+# retried hourly, until the namespace takes larger messages (Premium).
 def stripe_message(event: Mapping[str, Any], body: bytes, traceparent: str) -> OutboundMessage:
     """The Stripe queue message of an event: the raw body, keyed by event id, per customer."""
     return OutboundMessage(
@@ -383,6 +388,7 @@ def replay(
 def _record(
     arrival: _Arrival, messages: list[tuple[str, OutboundMessage]], sender: MessageSender
 ) -> Receipt:
+    # One transaction: the event and its messages are kept together or not at all.
     fields = {"source": arrival.source, "event_id": arrival.event_id}
     written: list[int] = []
     with postgres.transaction() as conn:
@@ -395,6 +401,8 @@ def _record(
             if row_id is not None:
                 written.append(row_id)
     log.info("webhook event recorded with %d message(s)", len(written), extra=fields)
+
+    # Committed: the hand-off may fail now without losing anything.
     sent = _deliver_quietly(sender, written)
     return Receipt(arrival.source, arrival.event_id, False, len(written), sent)
 
