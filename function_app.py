@@ -5,6 +5,7 @@ import azure.functions as func
 
 from functions.ledger import imports_bp
 from functions.ops import ops_bp
+from functions.webhooks import intake_bp
 from shared import telemetry
 from shared.config import get_settings
 
@@ -14,3 +15,4 @@ telemetry.configure(get_settings())
 app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_functions(imports_bp)
 app.register_functions(ops_bp)
+app.register_functions(intake_bp)

@@ -8,9 +8,10 @@ code, the local host and the Bicep templates share one definition.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Annotated
 
-from pydantic import Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.errors import ConfigError
 
@@ -24,6 +25,20 @@ LEDGER_DRY_RUN_MAX_BYTES = 50 * 1024 * 1024
 LEDGER_REPORT_MAX_ERRORS = 1000
 DB_POOL_MAX_SIZE = 4
 DB_STATEMENT_TIMEOUT_S = 600
+DB_POOL_TIMEOUT_S = 30
+
+STRIPE_WEBHOOK_TOLERANCE_S = 300
+WEBHOOK_MAX_BYTES = 1024 * 1024
+OUTBOX_RELAY_SCHEDULE = "*/30 * * * * *"
+OUTBOX_RELAY_SESSIONS_PER_ROUND = 100
+OUTBOX_RELAY_MESSAGES_PER_SESSION = 100
+OUTBOX_RELAY_MAX_ROUNDS = 20
+OUTBOX_BACKOFF_FIRST_S = 30
+OUTBOX_BACKOFF_MAX_S = 3600
+WEBHOOK_REPLAY_MAX_EVENTS = 1000
+
+# A comma-separated list in the environment; secrets stay out of reprs.
+SecretList = Annotated[tuple[str, ...], NoDecode]
 
 
 class Settings(BaseSettings):
@@ -60,6 +75,36 @@ class Settings(BaseSettings):
     )
     """Longest a single SQL statement may run, in seconds."""
 
+    db_pool_timeout_s: float = Field(default=DB_POOL_TIMEOUT_S, alias="DB_POOL_TIMEOUT_S", gt=0)
+    """Longest a request waits for a database connection, in seconds; then it fails (503)."""
+
+    stripe_webhook_secrets: SecretList = Field(
+        default=(), alias="STRIPE_WEBHOOK_SECRETS", repr=False
+    )
+    """Stripe endpoint signing secrets (``whsec_...``), comma-separated; an event signed with
+    any of them is accepted, so a rotated secret and its successor both work."""
+
+    stripe_webhook_tolerance_s: int = Field(
+        default=STRIPE_WEBHOOK_TOLERANCE_S, alias="STRIPE_WEBHOOK_TOLERANCE_S", ge=1
+    )
+    """Largest age (or clock lead) of a Stripe-Signature timestamp, in seconds."""
+
+    stripe_livemode: bool = Field(default=False, alias="STRIPE_LIVEMODE")
+    """Accept live-mode Stripe events (true) or test-mode ones (false); others get 400."""
+
+    quickbooks_webhook_verifier_tokens: SecretList = Field(
+        default=(), alias="QUICKBOOKS_WEBHOOK_VERIFIER_TOKENS", repr=False
+    )
+    """QuickBooks webhook verifier tokens, comma-separated (one per Intuit app)."""
+
+    webhook_max_bytes: int = Field(default=WEBHOOK_MAX_BYTES, alias="WEBHOOK_MAX_BYTES", gt=0)
+    """Largest webhook body accepted, in bytes; larger ones get 413."""
+
+    outbox_relay_schedule: str = Field(
+        default=OUTBOX_RELAY_SCHEDULE, alias="OUTBOX_RELAY_SCHEDULE", min_length=1
+    )
+    """NCRONTAB schedule of the outbox relay (six fields, seconds first)."""
+
     applicationinsights_connection_string: str | None = Field(
         default=None, alias="APPLICATIONINSIGHTS_CONNECTION_STRING"
     )
@@ -69,6 +114,13 @@ class Settings(BaseSettings):
         default="INFO", alias="LOG_LEVEL", pattern="^(DEBUG|INFO|WARNING|ERROR)$"
     )
     """Lowest level logged by the app's own loggers."""
+
+    @field_validator("stripe_webhook_secrets", "quickbooks_webhook_verifier_tokens", mode="before")
+    @classmethod
+    def _split_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
 
     @model_validator(mode="after")
     def _storage_is_configured(self) -> Settings:

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 from typing import Any
 
@@ -17,6 +18,12 @@ STRUCTURED_FIELDS = (
     "blob",
     "event_id",
     "realm_id",
+    "source",
+    "queue",
+    "message_id",
+    "sent",
+    "failed",
+    "count",
     "instance_id",
     "system",
     "operation",
@@ -27,11 +34,27 @@ STRUCTURED_FIELDS = (
 
 _configured = False
 
+# W3C trace context, version 00: trace id and parent id in lower-case hex, neither all zeros.
+_TRACEPARENT = re.compile(r"^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
+
 # Long digit runs (account numbers, tax ids) are masked to their last four digits; ids
 # (UUIDs) are left whole, so that logs stay searchable by client.
 _DIGIT_RUN = re.compile(r"\b\d{3,}(?:[ -]\d{3,})*\b")
 _MIN_MASKED_DIGITS = 8
 _UUID = re.compile(r"\b[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}\b")
+
+
+def traceparent(*candidates: str | None) -> str:
+    """Return the first valid W3C ``traceparent`` among ``candidates``, else a new trace's.
+
+    Messages carry it in their application properties, so one trace spans the request that
+    produced a message, the queue and its consumer. Pass the invocation's
+    ``context.trace_context.trace_parent`` first, then the request's own header.
+    """
+    for candidate in candidates:
+        if candidate and _TRACEPARENT.match(candidate.strip()):
+            return candidate.strip()
+    return f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"
 
 
 def redact(message: str) -> str:

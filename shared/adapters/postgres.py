@@ -40,6 +40,7 @@ def pool() -> ConnectionPool:
                 settings.database_url,
                 min_size=0,
                 max_size=settings.db_pool_max_size,
+                timeout=settings.db_pool_timeout_s,
                 configure=_configure,
                 open=True,
                 name="advisoros",

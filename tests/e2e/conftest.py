@@ -25,6 +25,8 @@ from tests.conftest import REPO, free_port
 
 FUNCTION_KEY = "e2e-function-key"
 MASTER_KEY = "e2e-master-key"
+STRIPE_SECRET = "whsec_e2e_secret"
+QUICKBOOKS_TOKEN = "e2e-verifier-token"
 START_TIMEOUT_S = 90
 
 
@@ -44,10 +46,13 @@ class App:
         body: bytes | dict[str, Any] | None = None,
         *,
         key: str | None = FUNCTION_KEY,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, Any]:
         """Send one HTTP request; return the status and the decoded JSON body."""
         data = json.dumps(body).encode() if isinstance(body, dict) else body
-        request = urllib.request.Request(f"{self.base_url}{path}", data=data, method=method)
+        request = urllib.request.Request(
+            f"{self.base_url}{path}", data=data, method=method, headers=headers or {}
+        )
         if key:
             request.add_header("x-functions-key", key)
         try:
@@ -123,6 +128,9 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
         "DEVHOST_MASTER_KEY": MASTER_KEY,
         "DEVHOST_BLOB_POLL_INTERVAL_S": "0.2",
         "DEVHOST_BLOB_RETRY_BACKOFF_S": "0.2",
+        "STRIPE_WEBHOOK_SECRETS": STRIPE_SECRET,
+        "QUICKBOOKS_WEBHOOK_VERIFIER_TOKENS": QUICKBOOKS_TOKEN,
+        "STRIPE_LIVEMODE": "false",
     }
     log_path = root / "devhost.log"
     with log_path.open("wb") as log:

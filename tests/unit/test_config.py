@@ -54,3 +54,14 @@ def test_every_setting_is_in_the_local_example():
     # The managed-identity variant replaces the connection string in Azure only.
     names.discard("AzureWebJobsStorage__accountName")
     assert names <= set(example["Values"]), names - set(example["Values"])
+
+
+def test_webhook_secrets_are_a_comma_separated_list_kept_out_of_reprs(clean_env):
+    clean_env.setenv("DATABASE_URL", "postgresql://x")
+    clean_env.setenv("AzureWebJobsStorage", "UseDevelopmentStorage=true")
+    clean_env.setenv("STRIPE_WEBHOOK_SECRETS", " whsec_old , whsec_new,")
+    clean_env.setenv("QUICKBOOKS_WEBHOOK_VERIFIER_TOKENS", "token-a")
+    settings = get_settings()
+    assert settings.stripe_webhook_secrets == ("whsec_old", "whsec_new")
+    assert settings.quickbooks_webhook_verifier_tokens == ("token-a",)
+    assert "whsec" not in repr(settings) and "token-a" not in repr(settings)
