@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import ConfigError
@@ -65,10 +65,22 @@ class Settings(BaseSettings):
     )
     """When set, logs and traces go to Application Insights."""
 
+    stripe_account_id: str | None = Field(
+        default=None, alias="STRIPE_ACCOUNT_ID", pattern="^acct_[A-Za-z0-9_]+$"
+    )
+    """The deployment's own Stripe account (``acct_...``): events that name no ``account``
+    (all but Connect events) belong to it. Unset, such events cannot be applied."""
+
     log_level: str = Field(
         default="INFO", alias="LOG_LEVEL", pattern="^(DEBUG|INFO|WARNING|ERROR)$"
     )
     """Lowest level logged by the app's own loggers."""
+
+    @field_validator("stripe_account_id", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # local.settings.json lists every setting, unset ones as "".
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _storage_is_configured(self) -> Settings:
