@@ -391,8 +391,10 @@ class _Fields:
         code = self.need(name)
         try:
             return normalise_currency(code)
-        except ValidationError as exc:
-            raise self._bad(name, f"is not an ISO 4217 currency: {exc}") from None
+        except ValidationError:
+            raise self._bad(
+                name, f"must be an ISO 4217 currency code with minor units, got {code!r}"
+            ) from None
 
     def time(self, name: str, *, required: bool = True) -> datetime | None:
         value = self.raw.get(name)
