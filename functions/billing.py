@@ -32,6 +32,8 @@ def stripe_event_received(msg: func.ServiceBusMessage) -> None:
     is retried, then dead-lettered with the error's text, which says what a person must fix.
     Any other failure (the database) is retried the same way.
     """
+    # Limitation: the trigger cannot dead-letter a message itself, so a rejected event is
+    # tried max_delivery_count times (10) before Service Bus dead-letters it.
     properties: dict[str, Any] = dict(msg.application_properties or {})
     traceparent = properties.get("traceparent")
     fields = {"event_id": msg.message_id or "", "event_type": msg.subject or ""}

@@ -696,6 +696,9 @@ def _invoice(work: _Work, obj: _Fields) -> None:
 
     # A paid, voided or uncollectible invoice was finalised: its receivable posts from
     # whichever of these events comes first.
+    # Limitation: customer credit applied to an invoice (amount_due below total), invoices
+    # paid out of band and invoices marked uncollectible leave their receivable open; they
+    # need a manual entry.
     if status not in _FINALISED:
         return
     finalised = f"stripe:invoice:{invoice_id}:finalized"
@@ -825,6 +828,11 @@ def _charge(work: _Work, obj: _Fields) -> None:
     # The charge is the one source of truth for money received: invoice.paid and
     # payment_intent.succeeded post nothing of their own. A charge for an invoice settles
     # its receivable; any other charge is a sale recognised when paid.
+    # Limitation: API versions from 2025-03-31 no longer name the invoice on a charge, so
+    # under them an invoice's charge would post as a sale beside the invoice's receivable;
+    # keep the webhook endpoint on an earlier API version until invoice payments are read.
+    # Limitation: a charge settled in another currency clears in its own currency; the
+    # conversion to the payout currency is not booked, so clearing keeps a balance in each.
     if status[0] == "succeeded" and captured:
         work.post(
             f"stripe:charge:{charge_id}:paid",
@@ -839,6 +847,8 @@ def _charge(work: _Work, obj: _Fields) -> None:
     fee_source = obj.expanded("balance_transaction")
     if fee_source is not None:
         _balance_transaction(work, fee_source)
+    # Limitation: API versions that leave a charge's refunds out of its payload post
+    # refunds only from the refund events themselves.
     for refund in obj.items("refunds"):
         _refund(work, refund)
 
@@ -911,6 +921,8 @@ def _dispute(work: _Work, obj: _Fields) -> None:
             f"Stripe dispute {dispute_id}: funds " + ("withdrawn" if moved < 0 else "reinstated"),
             [(DISPUTED_FUNDS, -moved, moved_currency), (STRIPE_CLEARING, moved, moved_currency)],
         )
+    # Limitation: Stripe's dispute carries no closing date, so a loss is booked on the
+    # date the dispute opened.
     if status[0] == "lost":
         work.post(
             f"stripe:dispute:{dispute_id}:lost",
@@ -966,7 +978,12 @@ def _payout(work: _Work, obj: _Fields) -> None:
 
 
 def _balance_transaction(work: _Work, obj: _Fields) -> str:
-    """Mirror an expanded balance transaction and post its Stripe fee; return its id."""
+    """Mirror an expanded balance transaction and post its Stripe fee; return its id.
+
+    Limitation: webhook events carry a charge's balance transaction as an id, not
+    expanded, so card fees post only from payloads that carry it expanded (disputes always
+    do); the fees of the rest appear as a clearing balance left after payouts.
+    """
     txn = _id(obj)
     currency = obj.currency()
     fee = obj.amount("fee", currency, default=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import random
+import threading
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -819,3 +820,26 @@ def test_shuffled_stream_with_duplicates_gives_the_in_order_ledger(
     assert count(services, entries, shuffled_books) == count(services, entries, in_order_books)
     for table in MIRRORS:
         assert mirror(services, table, shuffled_books) == mirror(services, table, in_order_books)
+
+
+def test_concurrent_deliveries_of_one_event_apply_it_once(
+    services: dict[str, str], account: str
+) -> None:
+    books = books_of(services, account)
+    event = corpus("srm__invoice.paid.json", account)
+    start = threading.Barrier(6)
+    outcomes: list[str] = []
+
+    def deliver() -> None:
+        start.wait()
+        outcomes.append(billing.apply_event(copy.deepcopy(event)).status)
+
+    workers = [threading.Thread(target=deliver) for _ in range(6)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+    assert sorted(outcomes) == ["applied"] + ["duplicate"] * 5
+    assert balances(books) == {("1100", USD): 2000, ("4000", USD): -2000}
+    assert count(services, "SELECT count(*) FROM journal_entries WHERE client_id = %s", books) == 1
