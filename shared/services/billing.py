@@ -111,6 +111,10 @@ _UNDONE = frozenset({"failed", "canceled"})
 # Events with a ``data.object`` that is no Stripe object with an id of its own.
 _PREVIEW_EVENTS = frozenset({"invoice.upcoming"})
 
+# Amounts beyond this many units are refused as malformed: no invoice is that large, and it
+# keeps every sum far inside a 64-bit integer.
+MAX_ABS_AMOUNT = 10**15
+
 _ACCOUNT_ID = re.compile(r"^acct_[A-Za-z0-9_]+$")
 
 
@@ -228,6 +232,17 @@ def apply_event(event: Mapping[str, Any]) -> ApplyOutcome:
         UpstreamError: the database failed; retrying may succeed.
     """
     envelope = _Envelope.parse(event)
+    try:
+        return _apply(envelope)
+    except psycopg.errors.DataError as exc:
+        # Text Postgres cannot hold (a NUL character) can never be stored: no retry helps.
+        reason = exc.diag.message_primary or str(exc)
+        raise EventRejected(
+            envelope.id, f"event {envelope.id} holds data the database cannot store: {reason}"
+        ) from None
+
+
+def _apply(envelope: _Envelope) -> ApplyOutcome:
     with postgres.transaction() as conn:
         account, firm_id, books = _books_for(conn, envelope)
         # Events about one object apply one at a time, so that decisions taken on the
@@ -377,6 +392,8 @@ class _Fields:
                 "must be an integer amount in the currency's smallest unit, "
                 f"got {json.dumps(value)[:40]}",
             )
+        if abs(value) > MAX_ABS_AMOUNT:
+            raise self._bad(name, f"is out of range: {value} is beyond ±{MAX_ABS_AMOUNT}")
         return value
 
     def amount(self, name: str, currency: str, *, default: int | None = None) -> int:
@@ -402,7 +419,10 @@ class _Fields:
             return None
         if isinstance(value, bool) or not isinstance(value, int):
             raise self._bad(name, f"must be a Unix time in seconds, got {json.dumps(value)[:40]}")
-        return datetime.fromtimestamp(value, UTC)
+        try:
+            return datetime.fromtimestamp(value, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise self._bad(name, f"is out of range: {value} is no Unix time") from None
 
     def day(self, *names: str) -> date:
         """The date of the first of ``names`` that is set (the last one is required)."""

@@ -639,6 +639,8 @@ def _set(value: object, *path: str) -> Callable[[dict[str, Any]], None]:
         ),
         (_set(True, "data", "object", "total"), r"field data\.object\.total must be an integer"),
         (_set("1648320015", "created"), r"field created must be a Unix time in seconds"),
+        (_set(10**20, "created"), r"field created is out of range: 1\d+ is no Unix time$"),
+        (_set(10**20, "data", "object", "total"), r"field data\.object\.total is out of range"),
         (_set("bad account", "account"), r"field account must be a Stripe account id"),
         (
             _set("x", "data", "object", "lines", "data", 0, "amount"),
@@ -667,6 +669,16 @@ def test_malformed_event_is_rejected_naming_the_field(
         == 0
     )
     assert balances(books) == {}
+
+
+def test_text_the_database_cannot_store_is_rejected(
+    services: dict[str, str], account: str
+) -> None:
+    bad = corpus("srm__customer.created.json", account)
+    bad["data"]["object"]["name"] = "Null\x00byte"
+
+    with pytest.raises(billing.EventRejected, match="holds data the database cannot store"):
+        billing.apply_event(bad)
 
 
 def test_event_that_is_not_an_object_is_rejected(services: dict[str, str]) -> None:
