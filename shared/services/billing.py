@@ -229,6 +229,8 @@ def apply_event(event: Mapping[str, Any]) -> ApplyOutcome:
     Raises:
         InvalidEvent: a field is missing or wrong (named); the message must dead-letter.
         UnlinkedAccount: the event's Stripe account is linked to no firm.
+        EventRejected: otherwise unusable (text the database cannot hold, books without
+            the billing accounts); the message must dead-letter.
         UpstreamError: the database failed; retrying may succeed.
     """
     envelope = _Envelope.parse(event)
@@ -247,7 +249,7 @@ def _apply(envelope: _Envelope) -> ApplyOutcome:
         account, firm_id, books = _books_for(conn, envelope)
         # Events about one object apply one at a time, so that decisions taken on the
         # merged mirror row see every earlier event's effect.
-        _lock(conn, f"stripe:{account}:{envelope.object_id or envelope.id}")
+        _lock(conn, _object_lock(account, envelope.object_id or envelope.id))
         handler = _handler_for(envelope)
         claimed = conn.execute(
             "INSERT INTO stripe_events"
@@ -268,7 +270,9 @@ def _apply(envelope: _Envelope) -> ApplyOutcome:
         if handler is None:
             return ApplyOutcome("ignored", envelope.id, envelope.type, books)
 
-        work = _Work(conn, envelope, firm_id, books, _account_ids(conn, books, envelope.id))
+        work = _Work(
+            conn, envelope, account, firm_id, books, _account_ids(conn, books, envelope.id)
+        )
         handler(work, _Fields(envelope.id, "data.object", envelope.obj))
         if work.postings:
             conn.execute(
@@ -470,6 +474,7 @@ class _Work:
 
     conn: psycopg.Connection
     event: _Envelope
+    account: str
     firm_id: uuid.UUID
     books: uuid.UUID
     accounts: Mapping[str, int]
@@ -505,6 +510,10 @@ class _Work:
             ),
         )
         return self.conn.execute(query, list(values.values())).fetchone() is not None
+
+    def lock(self, stripe_id: str) -> None:
+        """Hold the object's lock (as its own events take it) until the transaction ends."""
+        _lock(self.conn, _object_lock(self.account, stripe_id))
 
     def stored_status(self, table: str, stripe_id: str) -> str | None:
         row = self.conn.execute(
@@ -575,6 +584,10 @@ class _Work:
             return None
         self.postings.append(key)
         return int(row[0])
+
+
+def _object_lock(account: str, stripe_id: str) -> str:
+    return f"stripe:{account}:{stripe_id}"
 
 
 def _lock(conn: psycopg.Connection, name: str) -> None:
@@ -875,7 +888,8 @@ def _charge(work: _Work, obj: _Fields) -> None:
 
 def _refund(work: _Work, obj: _Fields) -> None:
     refund_id = _id(obj)
-    _lock(work.conn, f"stripe:refund:{refund_id}")
+    # A refund arrives in its own events and inside its charge's: one at a time.
+    work.lock(refund_id)
     status = obj.status("refund")
     currency = obj.currency()
     amount = obj.amount("amount", currency)

@@ -855,3 +855,59 @@ def test_concurrent_deliveries_of_one_event_apply_it_once(
     assert sorted(outcomes) == ["applied"] + ["duplicate"] * 5
     assert balances(books) == {("1100", USD): 2000, ("4000", USD): -2000}
     assert count(services, "SELECT count(*) FROM journal_entries WHERE client_id = %s", books) == 1
+
+
+def test_refund_failing_while_its_charge_event_applies_is_reversed(
+    services: dict[str, str], account: str
+) -> None:
+    """A refund's own event and its charge's event, applied at the same moment, still see
+    each other: the refund inside the charge posts, and the failure reverses it."""
+    books = books_of(services, account)
+    pairs = []
+    for n in range(6):
+        sent = se.refund(
+            f"re_race{n}",
+            charge_id=f"ch_race{n}",
+            currency="usd",
+            amount=300,
+            created=1_700_000_000,
+            status="succeeded",
+        )
+        refunded = se.charge(
+            f"ch_race{n}",
+            customer="cus_1",
+            currency="usd",
+            amount=300,
+            created=1_699_999_000,
+            invoice_id=None,
+            refunds=[sent],
+        )
+        pairs.append(
+            (
+                se.event(
+                    "charge.refunded", refunded, event_id=f"evt_c{n}", created=10, account=account
+                ),
+                se.event(
+                    "charge.refund.updated",
+                    {**sent, "status": "failed"},
+                    event_id=f"evt_r{n}",
+                    created=20,
+                    account=account,
+                ),
+            )
+        )
+
+    def deliver(event: dict[str, Any], start: threading.Barrier) -> None:
+        start.wait()
+        billing.apply_event(event)
+
+    for pair in pairs:
+        start = threading.Barrier(2)
+        workers = [threading.Thread(target=deliver, args=(e, start)) for e in pair]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+
+    # Six sales of 300, every refund sent and returned.
+    assert balances(books) == {("1200", USD): 1800, ("4000", USD): -1800}
