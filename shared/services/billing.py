@@ -965,8 +965,11 @@ def _dispute(work: _Work, obj: _Fields) -> None:
             f"Stripe dispute {dispute_id} lost",
             [
                 line
-                for code, amount in held.items()
-                for line in ((DISPUTE_LOSSES, amount, code), (DISPUTED_FUNDS, -amount, code))
+                for held_currency, amount in held.items()
+                for line in (
+                    (DISPUTE_LOSSES, amount, held_currency),
+                    (DISPUTED_FUNDS, -amount, held_currency),
+                )
             ],
         )
 
