@@ -3,6 +3,7 @@
 import azure.durable_functions as df
 import azure.functions as func
 
+from functions.billing import billing_bp
 from functions.ledger import imports_bp
 from functions.ops import ops_bp
 from functions.webhooks import intake_bp
@@ -13,6 +14,7 @@ from shared.config import get_settings
 telemetry.configure(get_settings())
 
 app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
+app.register_functions(billing_bp)
 app.register_functions(imports_bp)
 app.register_functions(ops_bp)
 app.register_functions(intake_bp)

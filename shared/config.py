@@ -110,6 +110,12 @@ class Settings(BaseSettings):
     )
     """When set, logs and traces go to Application Insights."""
 
+    stripe_account_id: str | None = Field(
+        default=None, alias="STRIPE_ACCOUNT_ID", pattern="^acct_[A-Za-z0-9_]+$"
+    )
+    """The deployment's own Stripe account (``acct_...``): events that name no ``account``
+    (all but Connect events) belong to it. Unset, such events cannot be applied."""
+
     log_level: str = Field(
         default="INFO", alias="LOG_LEVEL", pattern="^(DEBUG|INFO|WARNING|ERROR)$"
     )
@@ -121,6 +127,12 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @field_validator("stripe_account_id", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # local.settings.json lists every setting, unset ones as "".
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _storage_is_configured(self) -> Settings:

@@ -7,7 +7,12 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.propagate import extract
 
 from shared.config import Settings
 
@@ -17,6 +22,8 @@ STRUCTURED_FIELDS = (
     "import_id",
     "blob",
     "event_id",
+    "event_type",
+    "trace_id",
     "realm_id",
     "source",
     "queue",
@@ -130,3 +137,22 @@ def configure(settings: Settings) -> None:
             logger_name="shared",
         )
         logging.getLogger("shared").info("Application Insights telemetry enabled")
+
+
+@contextmanager
+def consumer_span(
+    name: str, traceparent: str | None, attributes: Mapping[str, str]
+) -> Iterator[str | None]:
+    """Run a block as one span of the trace that ``traceparent`` (W3C) names, so one trace
+    spans the producer, the queue and the consumer; yield the trace id, for log lines.
+
+    Without a ``traceparent`` the span starts a trace of its own (or none, when telemetry
+    is off).
+    """
+    carrier = {"traceparent": traceparent} if traceparent else {}
+    tracer = trace.get_tracer("advisoros")
+    with tracer.start_as_current_span(
+        name, context=extract(carrier), kind=trace.SpanKind.CONSUMER, attributes=dict(attributes)
+    ) as span:
+        context = span.get_span_context()
+        yield format(context.trace_id, "032x") if context.trace_id else None

@@ -9,6 +9,8 @@ import uuid
 from dataclasses import asdict
 from typing import Any
 
+import psycopg
+
 from shared.adapters import postgres
 from shared.domain.imports import MappingProfile
 from shared.domain.money import normalise_currency
@@ -31,6 +33,15 @@ STARTER_CHART: tuple[tuple[str, str, str], ...] = (
     ("5000", "Cost of sales", "expense"),
     ("6000", "Operating expenses", "expense"),
     ("6100", "Bank and payment fees", "expense"),
+)
+
+# A firm's own books, where its Stripe billing posts: the starter chart plus what refunds
+# (a contra-revenue account, so revenue stays as invoiced) and disputes need.
+BILLING_CHART: tuple[tuple[str, str, str], ...] = (
+    *STARTER_CHART,
+    ("1300", "Disputed funds held by Stripe", "asset"),
+    ("4100", "Refunds", "income"),
+    ("6200", "Dispute losses", "expense"),
 )
 
 
@@ -64,28 +75,52 @@ def create_client(
     Raises:
         ValidationError: the currency is not an ISO 4217 code with minor units.
     """
-    currency = normalise_currency(base_currency)
     with postgres.transaction() as conn:
-        row = conn.execute(
-            "INSERT INTO clients (id, firm_id, name, base_currency)"
-            " VALUES (coalesce(%s, gen_random_uuid()), %s, %s, %s) RETURNING id",
-            (client_id, firm_id, name, currency),
-        ).fetchone()
-        assert row is not None
-        new_id: uuid.UUID = row[0]
-        with conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO accounts (client_id, code, name, type) VALUES (%s, %s, %s, %s)",
-                [(new_id, code, title, kind) for code, title, kind in accounts],
-            )
-        audit.record(
+        return insert_client(
             conn,
-            actor="system",
-            action="client.created",
-            client_id=new_id,
-            subject=str(new_id),
-            details={"name": name, "base_currency": currency},
+            firm_id,
+            name,
+            base_currency=base_currency,
+            accounts=accounts,
+            client_id=client_id,
         )
+
+
+def insert_client(
+    conn: psycopg.Connection,
+    firm_id: uuid.UUID,
+    name: str,
+    *,
+    base_currency: str = "USD",
+    accounts: tuple[tuple[str, str, str], ...] = STARTER_CHART,
+    client_id: uuid.UUID | None = None,
+) -> uuid.UUID:
+    """Create a client as ``create_client`` does, inside the caller's transaction.
+
+    Raises:
+        ValidationError: the currency is not an ISO 4217 code with minor units.
+    """
+    currency = normalise_currency(base_currency)
+    row = conn.execute(
+        "INSERT INTO clients (id, firm_id, name, base_currency)"
+        " VALUES (coalesce(%s, gen_random_uuid()), %s, %s, %s) RETURNING id",
+        (client_id, firm_id, name, currency),
+    ).fetchone()
+    assert row is not None
+    new_id: uuid.UUID = row[0]
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO accounts (client_id, code, name, type) VALUES (%s, %s, %s, %s)",
+            [(new_id, code, title, kind) for code, title, kind in accounts],
+        )
+    audit.record(
+        conn,
+        actor="system",
+        action="client.created",
+        client_id=new_id,
+        subject=str(new_id),
+        details={"name": name, "base_currency": currency},
+    )
     return new_id
 
 
