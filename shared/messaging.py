@@ -4,6 +4,7 @@ all read this table, so a queue's session, lock and retry settings cannot drift 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -57,3 +58,46 @@ class MessageSender(Protocol):
     """Sends messages to a queue of ``QUEUES``; raises ``UpstreamError`` when it cannot."""
 
     def send(self, queue: str, messages: Sequence[OutboundMessage]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message in a queue's dead-letter sub-queue, as peeked (not locked, not removed)."""
+
+    message_id: str
+    sequence_number: int
+    session_id: str | None
+    body: bytes
+    content_type: str | None
+    subject: str | None
+    application_properties: Mapping[str, str]
+    enqueued_time: datetime | None
+    delivery_count: int
+    dead_letter_reason: str | None
+    dead_letter_description: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ResubmitOutcome:
+    """What a resubmission did: the ids sent back to the queue, and the ids not in the DLQ."""
+
+    resubmitted: tuple[str, ...]
+    not_found: tuple[str, ...]
+
+
+MAX_MESSAGE_ID_LENGTH = 128
+ORIGINAL_MESSAGE_ID_PROPERTY = "original_message_id"
+"""Application property a resubmitted copy carries: the MessageId it was dead-lettered under."""
+
+
+def resubmitted_message_id(message_id: str, sequence_number: int) -> str:
+    """The MessageId of the copy sent back from the dead-letter queue.
+
+    The copy cannot keep the original id: within the duplicate detection window Service Bus
+    would drop it as a duplicate. The id is derived from the dead-lettered message's
+    sequence number, so resubmitting the same dead letter twice still sends one copy.
+    """
+    copy_id = f"{message_id}|resubmit-{sequence_number}"
+    if len(copy_id) <= MAX_MESSAGE_ID_LENGTH:
+        return copy_id
+    return hashlib.sha256(copy_id.encode()).hexdigest()
