@@ -60,6 +60,16 @@ class Settings(BaseSettings):
     )
     """Longest a single SQL statement may run, in seconds."""
 
+    service_bus_namespace: str | None = Field(
+        default=None, alias="ServiceBusConnection__fullyQualifiedNamespace"
+    )
+    """Service Bus namespace host (``<name>.servicebus.windows.net``), reached with the
+    managed identity; the same setting the Service Bus triggers' ``connection`` reads."""
+
+    service_bus_connection_string: str | None = Field(default=None, alias="ServiceBusConnection")
+    """Service Bus connection string, instead of the namespace above. With neither set,
+    messages go to the local broker in the app's database."""
+
     applicationinsights_connection_string: str | None = Field(
         default=None, alias="APPLICATIONINSIGHTS_CONNECTION_STRING"
     )

@@ -227,12 +227,13 @@ class LocalBroker:
 
     # -- receiving and settling -----------------------------------------------------------
 
-    def receive(self, queue: str) -> ReceivedMessage | None:
+    def receive(self, queue: str, *, session_id: str | None = None) -> ReceivedMessage | None:
         """Lock and return the next deliverable message, or None when there is none.
 
         On a session queue the message's session is locked with it: no other consumer gets
         a message of that session until this one is settled or its lock expires, and a
-        session's messages come in sequence order.
+        session's messages come in sequence order. ``session_id`` asks for one session only
+        (as a receiver for a named session does); by default any free session is taken.
 
         Raises:
             NotFound: the queue does not exist.
@@ -244,7 +245,7 @@ class LocalBroker:
             _dead_letter_exhausted(cur, spec)
             _expire(cur, spec)
             if spec.requires_session:
-                row = _receive_from_session(cur, spec, token)
+                row = _receive_from_session(cur, spec, token, session_id)
             else:
                 row = _lock_next(cur, spec, token, session_id=None)
         return _received(row) if row else None
@@ -615,7 +616,9 @@ def _lock_next(
     return row
 
 
-def _receive_from_session(cur: _Cursor, spec: QueueSpec, token: str) -> dict[str, Any] | None:
+def _receive_from_session(
+    cur: _Cursor, spec: QueueSpec, token: str, only: str | None
+) -> dict[str, Any] | None:
     """Take the lock of a free session with a deliverable head message, and lock that."""
     candidates = cur.execute(
         """
@@ -623,13 +626,14 @@ def _receive_from_session(cur: _Cursor, spec: QueueSpec, token: str) -> dict[str
             SELECT DISTINCT ON (session_id) session_id, seq, retry_at
             FROM local_broker.messages
             WHERE queue = %(q)s AND state = 'active' AND visible_at <= now()
+              AND (%(only)s::text IS NULL OR session_id = %(only)s)
             ORDER BY session_id, seq) h
         WHERE h.retry_at <= now() AND NOT EXISTS (
             SELECT 1 FROM local_broker.sessions s
             WHERE s.queue = %(q)s AND s.session_id = h.session_id AND s.locked_until >= now())
         ORDER BY h.seq LIMIT %(n)s
         """,
-        {"q": spec.name, "n": _SESSION_CANDIDATES},
+        {"q": spec.name, "n": _SESSION_CANDIDATES, "only": only},
     ).fetchall()
     for candidate in candidates:
         session_id = str(candidate["session_id"])

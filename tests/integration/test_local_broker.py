@@ -356,3 +356,13 @@ class TestRestart:
             second = LocalBroker(second_pool, queues={})
             assert [d.message_id for d in second.peek_dead_letters(queue, 5)] == ["dead"]
             assert second.receive(queue).message_id == "kept"
+
+
+class TestNamedSession:
+    def test_a_receiver_can_ask_for_one_session(self, broker):
+        queue = new_queue(broker, requires_session=True)
+        broker.send(queue, [msg("a1", session="a"), msg("b1", session="b")])
+        assert broker.receive(queue, session_id="b").message_id == "b1"
+        assert broker.receive(queue, session_id="b") is None
+        assert broker.receive(queue, session_id="nobody") is None
+        assert broker.receive(queue).message_id == "a1"
