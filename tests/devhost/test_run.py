@@ -76,8 +76,8 @@ def test_run_serves_the_app_with_its_services_and_ctrl_c_stops_everything(tmp_pa
         assert "using local.settings.example.json" in text
         assert f"http://127.0.0.1:{ports['http']}/api/hello/{{name?}}" in text
         assert (
-            "function on_order is not served: serviceBusTrigger is not served by devhost yet"
-            in text
+            "function on_order is not served: Service Bus topic subscriptions are not served by "
+            "devhost yet" in text
         )
 
         with urllib.request.urlopen(f"http://127.0.0.1:{ports['http']}/api/bp/ping") as resp:

@@ -35,7 +35,7 @@ from tests.conftest import REPO
 
 @pytest.fixture(scope="module")
 def pool(services: dict[str, str]) -> Iterator[ConnectionPool]:
-    with ConnectionPool(services["DATABASE_URL"], min_size=1, max_size=8) as p:
+    with ConnectionPool(services["DATABASE_URL"], min_size=1, max_size=8, open=True) as p:
         yield p
 
 
@@ -165,7 +165,7 @@ class TestPeekLock:
             import sys, time
             from psycopg_pool import ConnectionPool
             from shared.adapters.local_broker import LocalBroker
-            with ConnectionPool({services["DATABASE_URL"]!r}, min_size=1) as pool:
+            with ConnectionPool({services["DATABASE_URL"]!r}, min_size=1, open=True) as pool:
                 got = LocalBroker(pool, queues={{}}).receive({queue!r})
                 print(got.message_id, got.delivery_count, flush=True)
                 time.sleep(600)
@@ -346,13 +346,13 @@ class TestResubmit:
 class TestRestart:
     def test_messages_and_dead_letters_outlive_the_broker_and_its_pool(self, services):
         url = services["DATABASE_URL"]
-        with ConnectionPool(url, min_size=1) as first_pool:
+        with ConnectionPool(url, min_size=1, open=True) as first_pool:
             first = LocalBroker(first_pool)
             queue = new_queue(first, requires_session=False, max_delivery_count=1)
             first.send(queue, [msg("dead"), msg("kept")])
             got = first.receive(queue)
             assert first.abandon(queue, got.lock_token, "boom") == "dead-lettered"
-        with ConnectionPool(url, min_size=1) as second_pool:
+        with ConnectionPool(url, min_size=1, open=True) as second_pool:
             second = LocalBroker(second_pool, queues={})
             assert [d.message_id for d in second.peek_dead_letters(queue, 5)] == ["dead"]
             assert second.receive(queue).message_id == "kept"
