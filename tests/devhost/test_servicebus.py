@@ -13,6 +13,7 @@ import azure.functions.servicebus
 import pytest
 from psycopg_pool import ConnectionPool
 
+from devhost.cli import main
 from devhost.discovery import SERVICE_BUS_TRIGGER, LoadedApp
 from devhost.errors import ConfigError
 from devhost.invoke import Invoker
@@ -215,3 +216,47 @@ class TestDispatch:
 
 def _depth(broker: LocalBroker, queue: str):
     return next(d for d in broker.depths() if d.queue == queue)
+
+
+class TestBusCli:
+    def test_send_list_and_peek_the_dead_letters(self, pg, monkeypatch, tmp_path, capsys):
+        monkeypatch.setattr("devhost.cli.setup_console_logging", lambda level: None)
+        monkeypatch.setenv("DATABASE_URL", pg.url)
+
+        def cli(*args: str) -> int:
+            return main(["--app-dir", str(tmp_path), "bus", *args])
+
+        assert cli("send", "quickbooks-events", "{}", "--id", "cli-1") == 1
+        assert "queue quickbooks-events requires a session id" in capsys.readouterr().err
+        sent = cli(
+            "send",
+            "quickbooks-events",
+            '{"realm": 1}',
+            "--id",
+            "cli-1",
+            "--session",
+            "realm-1",
+            "--property",
+            "source=cli",
+        )
+        assert sent == 0
+        assert capsys.readouterr().out == "sent cli-1 to quickbooks-events\n"
+        assert cli("ls") == 0
+        [row] = [
+            line.split()
+            for line in capsys.readouterr().out.splitlines()
+            if line.startswith("quickbooks-events")
+        ]
+        assert row == ["quickbooks-events", "1", "0", "0", "0"]
+
+        with ConnectionPool(pg.url, min_size=1, open=True) as pool:
+            broker = LocalBroker(pool)
+            got = broker.receive("quickbooks-events", session_id="realm-1")
+            assert got.application_properties == {"source": "cli"}
+            while broker.abandon("quickbooks-events", got.lock_token, "boom") != "dead-lettered":
+                got = broker.receive("quickbooks-events", session_id="realm-1")
+        assert cli("dlq", "quickbooks-events") == 0
+        out = capsys.readouterr().out
+        assert "cli-1  session=realm-1  deliveries=10  MaxDeliveryCountExceeded:" in out
+        assert cli("dlq", "no-such-queue") == 1
+        assert "queue 'no-such-queue' does not exist" in capsys.readouterr().err
