@@ -5,6 +5,7 @@ all read this table, so a queue's session, lock and retry settings cannot drift 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -101,3 +102,36 @@ def resubmitted_message_id(message_id: str, sequence_number: int) -> str:
     if len(copy_id) <= MAX_MESSAGE_ID_LENGTH:
         return copy_id
     return hashlib.sha256(copy_id.encode()).hexdigest()
+
+
+def iso_duration(seconds: int) -> str:
+    """An ISO 8601 duration as Azure Resource Manager writes it (``PT1M``, ``P14D``)."""
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    clock = "".join(f"{n}{unit}" for n, unit in ((hours, "H"), (minutes, "M"), (secs, "S")) if n)
+    text = "P" + (f"{days}D" if days else "") + (f"T{clock}" if clock else "")
+    return text if text != "P" else "PT0S"
+
+
+def queues_json() -> list[dict[str, object]]:
+    """``QUEUES`` with the property names of the Service Bus queue resource, for Bicep."""
+    return [
+        {
+            "name": spec.name,
+            "requiresSession": spec.requires_session,
+            "lockDuration": iso_duration(spec.lock_duration_s),
+            "maxDeliveryCount": spec.max_delivery_count,
+            "requiresDuplicateDetection": True,
+            "duplicateDetectionHistoryTimeWindow": iso_duration(spec.duplicate_detection_window_s),
+            "defaultMessageTimeToLive": iso_duration(spec.default_message_ttl_s),
+            "deadLetteringOnMessageExpiration": spec.dead_lettering_on_message_expiration,
+        }
+        for spec in QUEUES.values()
+    ]
+
+
+if __name__ == "__main__":
+    # ``python -m shared.messaging > bicep/queues.json`` (or ``make queues``) keeps the
+    # Bicep parameters in step with this table; a test fails when they differ.
+    print(json.dumps(queues_json(), indent=2))
