@@ -6,6 +6,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import azure.functions as func
@@ -29,9 +30,20 @@ ENVIRON = {"FX_FAILING_QUEUE": "fx-failing"}
 class Bus:
     """A dispatcher over the fixture app's Service Bus triggers, running on the loop thread."""
 
-    def __init__(self, app: LoadedApp, pg: PostgresHandle, loop_thread: LoopThread) -> None:
+    def __init__(
+        self,
+        app: LoadedApp,
+        pg: PostgresHandle,
+        loop_thread: LoopThread,
+        lock_duration_s: int | None = None,
+    ) -> None:
         settings = fast_settings(bus_poll_interval_s=0.05, bus_retry_backoff_s=0.0)
         self.watches = bus_watches(app.by_trigger(SERVICE_BUS_TRIGGER), ENVIRON)
+        if lock_duration_s is not None:
+            self.watches = [
+                replace(w, queue=replace(w.queue, lock_duration_s=lock_duration_s))
+                for w in self.watches
+            ]
         self._loop = loop_thread
         self._invoker = Invoker(settings.thread_count, str(app.script_path.parent))
         self._dispatcher = BusDispatcher(
@@ -216,6 +228,27 @@ class TestDispatch:
 
 def _depth(broker: LocalBroker, queue: str):
     return next(d for d in broker.depths() if d.queue == queue)
+
+
+class TestLockRenewal:
+    def test_a_function_outlasting_the_lock_keeps_it_and_completes(
+        self, fixture_app, pg, loop_thread, calls, caplog
+    ):
+        caplog.set_level(logging.INFO, logger="devhost.invoke")
+        bus = Bus(fixture_app, pg, loop_thread, lock_duration_s=1)
+        try:
+            message_id = f"slow-{uuid.uuid4().hex[:8]}"
+            # The function runs 2.5 s against a 1 s lock.
+            bus.broker.send("fx-slow", [OutboundMessage(message_id, body=b"2.5")])
+            wait_for(
+                lambda: any(getattr(r, "message_id", None) == message_id for r in caplog.records),
+                what="the invocation to end",
+            )
+        finally:
+            bus.close()
+        assert len(calls_for(calls, "bus_slow", message_id)) == 1
+        [line] = [r for r in caplog.records if getattr(r, "message_id", None) == message_id]
+        assert (line.outcome, line.settled) == ("ok", "completed")
 
 
 class TestBusCli:

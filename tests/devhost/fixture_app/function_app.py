@@ -230,6 +230,12 @@ def bus_sessions(msg: func.ServiceBusMessage) -> None:
     record("bus_sessions", event="end", session=msg.session_id, body=msg.get_body().decode())
 
 
+@app.service_bus_queue_trigger(arg_name="msg", queue_name="fx-slow", connection="FxServiceBus")
+def bus_slow(msg: func.ServiceBusMessage) -> None:
+    record("bus_slow", **_message(msg))
+    time.sleep(float(msg.get_body()))
+
+
 # -- not served yet ---------------------------------------------------------------------
 
 
