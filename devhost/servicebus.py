@@ -301,6 +301,8 @@ class BusDispatcher:
             fields["session_id"] = message.session_id
         invocation_id = new_invocation_id()
         started = time.monotonic()
+        # Limitation: messages are always completed on success (autoCompleteMessages: false
+        # is ignored); Python functions cannot settle messages themselves here.
         keeper = asyncio.create_task(self._keep_lock(watch, delivery))
         try:
             await self._invoker.call(
@@ -352,6 +354,9 @@ class BusDispatcher:
                 extra=extra,
             )
 
+    # Limitation: Service Bus redelivers an abandoned message at once; the devhost waits
+    # DEVHOST_BUS_RETRY_BACKOFF_S (doubling) so that a failing dependency is not hammered ten
+    # times in a second. Set it to 0 for Service Bus's own timing.
     def _backoff(self, delivery_count: int) -> float:
         first = self._settings.bus_retry_backoff_s
         return min(first * 2 ** (delivery_count - 1), BUS_RETRY_BACKOFF_MAX_S) if first else 0.0

@@ -52,6 +52,9 @@ class _RemoteDelivery:
         return "abandoned"
 
 
+# Limitation: this path has been exercised only up to the connection (no namespace is
+# reachable from the test machines); prefetch, batches and sessionIdleTimeout are not
+# honoured, and a failed message is redelivered at once, without DEVHOST_BUS_RETRY_BACKOFF_S.
 class RemoteSource:
     """A queue of a real namespace.
 

@@ -59,6 +59,12 @@ SETTINGS: dict[str, tuple[str, str]] = {
         "database of the app and of the devhost's receipts; unset, or pointing at "
         "127.0.0.1:DEVHOST_PG_PORT, makes `run` start the embedded PostgreSQL",
     ),
+    "ServiceBusConnection": (
+        "unset",
+        "unset or empty: Service Bus triggers read the local broker in DATABASE_URL; a "
+        "connection string (or <name>__fullyQualifiedNamespace) makes them read that "
+        "namespace; the same holds for any setting a trigger names in connection=",
+    ),
     "DEVHOST_DATA_DIR": (
         "<app dir>/.local",
         "where the embedded PostgreSQL and Azurite keep data",

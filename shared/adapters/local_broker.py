@@ -616,6 +616,9 @@ def _lock_next(
     return row
 
 
+# Limitation: a session is locked for one message at a time, not held by one receiver
+# until it is idle as Service Bus does: between two messages another consumer may take the
+# session over. Order and one-consumer-at-a-time still hold; only the affinity differs.
 def _receive_from_session(
     cur: _Cursor, spec: QueueSpec, token: str, only: str | None
 ) -> dict[str, Any] | None:

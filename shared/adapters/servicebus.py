@@ -214,6 +214,8 @@ class AzureServiceBus:
         except (ServiceBusError, AzureError) as exc:
             raise _upstream("peek dead letters", queue, exc) from exc
 
+    # Limitation: a dead letter behind the first RESUBMIT_SCAN_LIMIT of its DLQ is reported
+    # as not found; resubmit the ones in front first.
     def resubmit_dead_letters(self, queue: str, message_ids: Sequence[str]) -> ResubmitOutcome:
         """See the module function ``resubmit_dead_letters``."""
         from shared.adapters.local_broker import resubmission
