@@ -178,7 +178,10 @@ class DevHost:
             elif spec.trigger_type == BLOB_TRIGGER:
                 detail = str(spec.trigger.get("path"))
             elif spec.trigger_type == SERVICE_BUS_TRIGGER:
-                detail = str(spec.trigger.get("queueName"))
+                detail = str(
+                    spec.trigger.get("queueName")
+                    or f"{spec.trigger.get('topicName')}/{spec.trigger.get('subscriptionName')}"
+                )
                 if spec.trigger.get("isSessionsEnabled"):
                     detail += " (sessions)"
             elif spec.trigger_type == TIMER_TRIGGER:

@@ -70,7 +70,7 @@ def peek_dead_letters(req: func.HttpRequest) -> func.HttpResponse:
         raw = req.params.get("max") or "50"
         if not (raw.isascii() and raw.isdigit()):
             raise ValidationError(f"max must be a whole number, not {raw!r}")
-        found = dead_letters.peek(req.route_params.get("queue", ""), int(raw[:6]))
+        found = dead_letters.peek(req.route_params.get("queue", ""), int(raw[:9]))
         return json_response({"dead_letters": [_dead_letter_json(d) for d in found]})
     except AdvisorError as exc:
         return from_error(exc)

@@ -164,7 +164,7 @@ class TestFunctionIndex:
         assert "GET,POST http://127.0.0.1:7071/api/hello/{name?} [anonymous]" in lines
         assert "fx-params/{client_id}/{name}" in lines
         assert "%FX_TICK_SCHEDULE%" in lines
-        assert "on_order" in lines and "NOT SERVED: Service Bus topic" in lines
+        assert "orders/audit NOT SERVED: Service Bus topic" in lines
         assert "fx-sessions (sessions)" in lines
         host.invoker.shutdown(wait=False)
 
