@@ -1,5 +1,6 @@
 // AdvisorOS infrastructure. One module per resource family; this file wires them together.
-// Storage is declared so far; the other families join as their capabilities land.
+// Storage and Service Bus are declared so far; the other families join as their capabilities
+// land.
 
 @description('Environment name, used in resource names (dev, prod).')
 @allowed(['dev', 'prod'])
@@ -24,4 +25,13 @@ module storage 'modules/storage.bicep' = {
   }
 }
 
+module serviceBus 'modules/servicebus.bicep' = {
+  name: 'servicebus'
+  params: {
+    name: 'advisoros-${environmentName}-${uniqueString(resourceGroup().id)}'
+    location: location
+  }
+}
+
 output storageAccountName string = storage.outputs.name
+output serviceBusNamespace string = serviceBus.outputs.fullyQualifiedNamespace

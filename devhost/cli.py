@@ -1,4 +1,5 @@
-"""The ``python -m devhost`` command line: ``run`` the app, and ``blob`` put/ls/get on Azurite."""
+"""The ``python -m devhost`` command line: ``run`` the app, ``blob`` put/ls/get on Azurite, and
+``bus`` send/ls/dlq on the local Service Bus broker."""
 
 from __future__ import annotations
 
@@ -7,31 +8,40 @@ import logging
 import os
 import sys
 import textwrap
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 from azure.core.exceptions import AzureError, ResourceNotFoundError, ServiceRequestError
 from azure.storage.blob import BlobServiceClient
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from devhost.blobs import DEFAULT_CONNECTION
 from devhost.errors import DevhostError
-from devhost.host import run
+from devhost.host import redact_url, run
 from devhost.logs import setup_console_logging
 from devhost.services import REPO_ROOT, azurite_connection_string
 from devhost.settings import SETTINGS, ServiceSettings, load_local_settings
 from devhost.storage import development_storage_ports, is_development_storage
+from shared.adapters.local_broker import LocalBroker
+from shared.errors import AdvisorError, UpstreamError
+from shared.messaging import OutboundMessage
 
 log = logging.getLogger(__name__)
 
 DESCRIPTION = """\
 A local Functions host for function_app.py: HTTP triggers on http://127.0.0.1:7071/api/,
-blob triggers from Azurite, timer triggers, with embedded PostgreSQL. Never deployed.
+blob triggers from Azurite, timer triggers, Service Bus triggers from a local broker kept in
+the embedded PostgreSQL. Never deployed.
 
 commands:
   run                         start PostgreSQL, Azurite, migrations and the app (make run)
   blob put CONTAINER FILE     upload a local file (--name to choose the blob name)
   blob ls CONTAINER           list blobs (--prefix to filter)
   blob get CONTAINER NAME     download a blob to stdout or -o FILE
+  bus send QUEUE BODY         send a message to the local broker (--id, --session, ...)
+  bus ls                      list the local broker's queues and their message counts
+  bus dlq QUEUE               show a queue's dead letters (--max N)
 """
 
 
@@ -78,6 +88,27 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("container")
     get.add_argument("name")
     get.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
+
+    bus = commands.add_parser("bus", help="send, count and inspect messages of the local broker")
+    bus_commands = bus.add_subparsers(dest="bus_command", required=True, metavar="ACTION")
+    send = bus_commands.add_parser("send", help="send one message")
+    send.add_argument("queue")
+    send.add_argument("body", help="the message body (text); @FILE reads a file")
+    send.add_argument("--id", help="MessageId (default: a new UUID)")
+    send.add_argument("--session", help="SessionId (required by session queues)")
+    send.add_argument("--subject", help="Subject (label)")
+    send.add_argument("--content-type", default="application/json")
+    send.add_argument(
+        "--property",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an application property; repeat for more",
+    )
+    bus_commands.add_parser("ls", help="list queues with active, scheduled, locked, dead counts")
+    dlq = bus_commands.add_parser("dlq", help="peek a queue's dead-letter queue")
+    dlq.add_argument("queue")
+    dlq.add_argument("--max", type=int, default=20, help="how many at most (default 20)")
     return parser
 
 
@@ -140,6 +171,66 @@ def _blob_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bus_command(args: argparse.Namespace) -> int:
+    load_local_settings(args.app_dir)
+    url = os.environ.get("DATABASE_URL") or (
+        f"postgresql://postgres@127.0.0.1:{ServiceSettings.from_env(args.app_dir).pg_port}"
+        "/advisoros"
+    )
+    try:
+        with ConnectionPool(url, min_size=0, max_size=1, open=True, timeout=10) as pool:
+            broker = LocalBroker(pool)
+            if args.bus_command == "send":
+                return _bus_send(broker, args)
+            if args.bus_command == "ls":
+                print(f"{'queue':<28} {'active':>8} {'scheduled':>10} {'locked':>8} {'dead':>8}")
+                for d in broker.depths():
+                    print(
+                        f"{d.queue:<28} {d.active:>8} {d.scheduled:>10} {d.locked:>8}"
+                        f" {d.dead_lettered:>8}"
+                    )
+                return 0
+            for dead in broker.peek_dead_letters(args.queue, args.max):
+                print(
+                    f"{dead.sequence_number:>8}  {dead.message_id}  session={dead.session_id}"
+                    f"  deliveries={dead.delivery_count}  {dead.dead_letter_reason}:"
+                    f" {dead.dead_letter_description}"
+                )
+            return 0
+    except (UpstreamError, PoolTimeout):
+        print(
+            f"cannot reach the local broker's database at {redact_url(url)}\n"
+            "is `make run` (python -m devhost run) running?",
+            file=sys.stderr,
+        )
+        return 1
+    except AdvisorError as exc:
+        print(f"devhost: {exc}", file=sys.stderr)
+        return 1
+
+
+def _bus_send(broker: LocalBroker, args: argparse.Namespace) -> int:
+    body = Path(args.body[1:]).read_bytes() if args.body.startswith("@") else args.body.encode()
+    properties = {}
+    for item in args.property:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            print(f"devhost: --property {item!r} must be NAME=VALUE", file=sys.stderr)
+            return 2
+        properties[name] = value
+    message = OutboundMessage(
+        message_id=args.id or str(uuid.uuid4()),
+        body=body,
+        session_id=args.session,
+        content_type=args.content_type,
+        subject=args.subject,
+        application_properties=properties,
+    )
+    broker.send(args.queue, [message])
+    print(f"sent {message.message_id} to {args.queue}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = build_parser().parse_args(argv)
@@ -147,6 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return run(args.app_dir, http_port=args.port, migrations_dir=args.migrations)
         setup_console_logging("WARNING")
+        if args.command == "bus":
+            return _bus_command(args)
         return _blob_command(args)
     except DevhostError as exc:
         print(f"devhost: {exc}", file=sys.stderr)

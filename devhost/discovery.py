@@ -26,7 +26,8 @@ DEFAULT_SCRIPT_FILE = "function_app.py"
 HTTP_TRIGGER = "httpTrigger"
 BLOB_TRIGGER = "blobTrigger"
 TIMER_TRIGGER = "timerTrigger"
-SERVED_TRIGGERS = frozenset({HTTP_TRIGGER, BLOB_TRIGGER, TIMER_TRIGGER})
+SERVICE_BUS_TRIGGER = "serviceBusTrigger"
+SERVED_TRIGGERS = frozenset({HTTP_TRIGGER, BLOB_TRIGGER, TIMER_TRIGGER, SERVICE_BUS_TRIGGER})
 DURABLE_CLIENT = "durableClient"
 
 
@@ -173,6 +174,11 @@ def _unserved_reason(
 ) -> str | None:
     if trigger_type not in SERVED_TRIGGERS:
         return f"{trigger_type} is not served by devhost yet"
+    if trigger_type == SERVICE_BUS_TRIGGER:
+        if trigger.get("topicName"):
+            return "Service Bus topic subscriptions are not served by devhost yet"
+        if str(trigger.get("cardinality") or "one").lower() != "one":
+            return "Service Bus batches (cardinality many) are not served by devhost yet"
     others = [b for b in bindings if b.get("name") != trigger.get("name")]
     if trigger_type == HTTP_TRIGGER:
         others = [

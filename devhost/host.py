@@ -1,4 +1,5 @@
-"""The host: serves an app's HTTP, blob and timer triggers; ``run`` also brings up its services.
+"""The host: serves an app's HTTP, blob, timer and Service Bus triggers; ``run`` also brings up
+its services.
 
 ``run`` is the body of ``make run``: settings, PostgreSQL, Azurite, migrations, containers,
 the app, then serving until SIGINT or SIGTERM.
@@ -22,11 +23,19 @@ from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from devhost.blobs import DEFAULT_CONNECTION, BlobPoller, ReceiptStore, blob_watches
-from devhost.discovery import BLOB_TRIGGER, HTTP_TRIGGER, TIMER_TRIGGER, LoadedApp, load_app
+from devhost.discovery import (
+    BLOB_TRIGGER,
+    HTTP_TRIGGER,
+    SERVICE_BUS_TRIGGER,
+    TIMER_TRIGGER,
+    LoadedApp,
+    load_app,
+)
 from devhost.errors import ConfigError, ServiceError
 from devhost.http_server import HttpServer
 from devhost.invoke import Invoker
 from devhost.logs import setup_console_logging
+from devhost.servicebus import BusDispatcher, bus_watches
 from devhost.services import (
     apply_migrations,
     start_azurite,
@@ -65,7 +74,8 @@ class DevHost:
     Args:
         app: the app (``load_app``).
         settings: how to serve it.
-        database_url: where blob receipts live; needed only when the app has blob triggers.
+        database_url: where blob receipts and the local broker live; needed only when the
+            app has blob triggers or Service Bus triggers without a namespace.
         environ: settings for ``%NAME%`` references and storage connections; default
             ``os.environ``.
     """
@@ -85,18 +95,20 @@ class DevHost:
         self.invoker = Invoker(settings.thread_count, str(app.script_path.parent))
         self.http = HttpServer(app, self.invoker, settings)
         self.poller: BlobPoller | None = None
+        self.bus: BusDispatcher | None = None
         self._store: ReceiptStore | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        """Start serving: HTTP, then blob polling (containers created) and timers.
+        """Start serving: HTTP, then blob polling (containers created), Service Bus and timers.
 
         Raises:
-            ConfigError: a blob path, connection or timer schedule is invalid, or blob
-                triggers exist but there is no database for their receipts.
+            ConfigError: a blob path, queue, connection or timer schedule is invalid, or blob
+                or local Service Bus triggers exist but there is no database for them.
         """
         watches = blob_watches(self.app.by_trigger(BLOB_TRIGGER), self._environ)
+        queues = bus_watches(self.app.by_trigger(SERVICE_BUS_TRIGGER), self._environ)
         jobs = timer_jobs(
             self.app.by_trigger(TIMER_TRIGGER), self._environ, time_zone(self.settings.time_zone)
         )
@@ -112,6 +124,12 @@ class DevHost:
             if created:
                 log.info("created containers: %s", ", ".join(created))
             self._tasks.append(asyncio.create_task(self.poller.run(self._stop)))
+        if queues:
+            self.bus = BusDispatcher(
+                queues, self.invoker, self.settings, database_url=self._database_url
+            )
+            await self.bus.open()
+            self._tasks.append(asyncio.create_task(self.bus.run(self._stop)))
         if jobs:
             self._tasks.append(
                 asyncio.create_task(TimerRunner(jobs, self.invoker).run(self._stop))
@@ -134,6 +152,8 @@ class DevHost:
             task.cancel()
         if self.poller is not None:
             await self.poller.close()
+        if self.bus is not None:
+            await self.bus.close()
         if self._store is not None:
             await self._store.close()
         self.invoker.shutdown(wait=False)
@@ -142,6 +162,8 @@ class DevHost:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.poller is not None:
             await self.poller.drain()
+        if self.bus is not None:
+            await self.bus.drain()
 
     def describe(self) -> Iterator[str]:
         """Lines for the start-up listing: one per function, with trigger and route."""
@@ -155,6 +177,13 @@ class DevHost:
                 detail = f"{methods} {self.http.url_of(route)} [{route.auth_level}]"
             elif spec.trigger_type == BLOB_TRIGGER:
                 detail = str(spec.trigger.get("path"))
+            elif spec.trigger_type == SERVICE_BUS_TRIGGER:
+                detail = str(
+                    spec.trigger.get("queueName")
+                    or f"{spec.trigger.get('topicName')}/{spec.trigger.get('subscriptionName')}"
+                )
+                if spec.trigger.get("isSessionsEnabled"):
+                    detail += " (sessions)"
             elif spec.trigger_type == TIMER_TRIGGER:
                 detail = str(spec.trigger.get("schedule"))
                 if spec.trigger.get("runOnStartup"):

@@ -26,7 +26,12 @@ from devhost.discovery import FunctionSpec
 
 log = logging.getLogger(__name__)
 
-TRIGGER_LABELS = {"httpTrigger": "http", "blobTrigger": "blob", "timerTrigger": "timer"}
+TRIGGER_LABELS = {
+    "httpTrigger": "http",
+    "blobTrigger": "blob",
+    "timerTrigger": "timer",
+    "serviceBusTrigger": "servicebus",
+}
 
 
 class _TraceContext(azf_abc.TraceContext):

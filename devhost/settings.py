@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from devhost.services import (
 
 log = logging.getLogger(__name__)
 
+_TIMESPAN = re.compile(r"^(?:(\d+)\.)?(\d{1,2}):(\d{2}):(\d{2}(?:\.\d+)?)$")
 LOCAL_SETTINGS_FILE = "local.settings.json"
 LOCAL_SETTINGS_EXAMPLE_FILE = "local.settings.example.json"
 HOST_JSON_FILE = "host.json"
@@ -37,6 +39,13 @@ DEFAULT_BLOB_MAX_ATTEMPTS = 5
 DEFAULT_BLOB_RETRY_BACKOFF_S = 1.0
 BLOB_RETRY_BACKOFF_MAX_S = 30.0
 DEFAULT_BLOB_LEASE_S = 60.0
+DEFAULT_BUS_POLL_INTERVAL_S = 0.5
+DEFAULT_BUS_RETRY_BACKOFF_S = 1.0
+BUS_RETRY_BACKOFF_MAX_S = 30.0
+# The Functions host's defaults for extensions.serviceBus in host.json.
+DEFAULT_BUS_MAX_CONCURRENT_CALLS = 16 * (os.cpu_count() or 1)
+DEFAULT_BUS_MAX_CONCURRENT_SESSIONS = 8
+DEFAULT_BUS_MAX_LOCK_RENEWAL_S = 300.0
 
 # name -> (default, meaning); the README and local.settings.example.json list the same.
 SETTINGS: dict[str, tuple[str, str]] = {
@@ -49,6 +58,12 @@ SETTINGS: dict[str, tuple[str, str]] = {
         "embedded PostgreSQL",
         "database of the app and of the devhost's receipts; unset, or pointing at "
         "127.0.0.1:DEVHOST_PG_PORT, makes `run` start the embedded PostgreSQL",
+    ),
+    "ServiceBusConnection": (
+        "unset",
+        "unset or empty: Service Bus triggers read the local broker in DATABASE_URL; a "
+        "connection string (or <name>__fullyQualifiedNamespace) makes them read that "
+        "namespace; the same holds for any setting a trigger names in connection=",
     ),
     "DEVHOST_DATA_DIR": (
         "<app dir>/.local",
@@ -89,6 +104,16 @@ SETTINGS: dict[str, tuple[str, str]] = {
         str(DEFAULT_BLOB_LEASE_S),
         "seconds a claimed blob stays claimed without renewal (a dead process's claim "
         "expires after this)",
+    ),
+    "DEVHOST_BUS_POLL_INTERVAL_S": (
+        str(DEFAULT_BUS_POLL_INTERVAL_S),
+        "seconds between two looks at an empty queue of the local broker",
+    ),
+    "DEVHOST_BUS_RETRY_BACKOFF_S": (
+        str(DEFAULT_BUS_RETRY_BACKOFF_S),
+        f"delay before a failed Service Bus message is delivered again; doubles per "
+        f"delivery, at most {BUS_RETRY_BACKOFF_MAX_S:g} s (Service Bus itself redelivers at "
+        f"once; 0 does the same)",
     ),
     "WEBSITE_TIME_ZONE": ("UTC", "IANA time zone of the timer schedules"),
     "DEVHOST_LOG_LEVEL": ("INFO", "console log level"),
@@ -157,10 +182,13 @@ class HostJson:
     route_prefix: str = DEFAULT_ROUTE_PREFIX
     poison_blob_threshold: int | None = None
     blob_parallelism: int | None = None
+    bus_max_concurrent_calls: int | None = None
+    bus_max_concurrent_sessions: int | None = None
+    bus_max_lock_renewal_s: float | None = None
 
 
 def read_host_json(app_dir: Path) -> HostJson:
-    """Read ``extensions.http.routePrefix`` and the blob extension settings of host.json.
+    """Read ``extensions.http.routePrefix`` and the blob and Service Bus extension settings.
 
     Raises:
         ConfigError: host.json is not valid JSON.
@@ -174,11 +202,31 @@ def read_host_json(app_dir: Path) -> HostJson:
     prefix = http.get("routePrefix", DEFAULT_ROUTE_PREFIX)
     threshold = blobs.get("poisonBlobThreshold")
     parallelism = blobs.get("maxDegreeOfParallelism")
+    bus = extensions.get("serviceBus", {})
+    calls = bus.get("maxConcurrentCalls")
+    sessions = bus.get("maxConcurrentSessions")
+    renewal = bus.get("maxAutoLockRenewalDuration")
     return HostJson(
         route_prefix=str(prefix).strip("/"),
         poison_blob_threshold=int(threshold) if threshold is not None else None,
         blob_parallelism=int(parallelism) if parallelism is not None else None,
+        bus_max_concurrent_calls=int(calls) if calls is not None else None,
+        bus_max_concurrent_sessions=int(sessions) if sessions is not None else None,
+        bus_max_lock_renewal_s=_timespan_s(str(renewal)) if renewal is not None else None,
     )
+
+
+def _timespan_s(text: str) -> float:
+    """Seconds of a host.json TimeSpan such as ``00:05:00`` or ``1.00:00:00``.
+
+    Raises:
+        ConfigError: the text is not a TimeSpan.
+    """
+    found = _TIMESPAN.match(text.strip())
+    if found is None:
+        raise ConfigError(f"host.json: {text!r} is not a TimeSpan ([d.]hh:mm:ss)")
+    days, hours, minutes, seconds = found.groups()
+    return int(days or 0) * 86400 + int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +244,11 @@ class HostSettings:
     blob_retry_backoff_s: float = DEFAULT_BLOB_RETRY_BACKOFF_S
     blob_lease_s: float = DEFAULT_BLOB_LEASE_S
     blob_concurrency: int = 8 * (os.cpu_count() or 1)
+    bus_poll_interval_s: float = DEFAULT_BUS_POLL_INTERVAL_S
+    bus_retry_backoff_s: float = DEFAULT_BUS_RETRY_BACKOFF_S
+    bus_max_concurrent_calls: int = DEFAULT_BUS_MAX_CONCURRENT_CALLS
+    bus_max_concurrent_sessions: int = DEFAULT_BUS_MAX_CONCURRENT_SESSIONS
+    bus_max_lock_renewal_s: float = DEFAULT_BUS_MAX_LOCK_RENEWAL_S
     time_zone: str | None = None
 
     @classmethod
@@ -234,6 +287,17 @@ class HostSettings:
             ),
             blob_lease_s=env_float(env, "DEVHOST_BLOB_LEASE_S", base.blob_lease_s),
             blob_concurrency=hj.blob_parallelism or base.blob_concurrency,
+            bus_poll_interval_s=env_float(
+                env, "DEVHOST_BUS_POLL_INTERVAL_S", base.bus_poll_interval_s
+            ),
+            bus_retry_backoff_s=env_float(
+                env, "DEVHOST_BUS_RETRY_BACKOFF_S", base.bus_retry_backoff_s, minimum=0.0
+            ),
+            bus_max_concurrent_calls=hj.bus_max_concurrent_calls or base.bus_max_concurrent_calls,
+            bus_max_concurrent_sessions=(
+                hj.bus_max_concurrent_sessions or base.bus_max_concurrent_sessions
+            ),
+            bus_max_lock_renewal_s=hj.bus_max_lock_renewal_s or base.bus_max_lock_renewal_s,
             time_zone=env.get("WEBSITE_TIME_ZONE") or None,
         )
 

@@ -1,9 +1,10 @@
-"""Operations endpoints: health, and the admin calls that set up firms, clients and charts
-until the portal API takes them over.
+"""Operations endpoints: health, the dead-letter tools, and the admin calls that set up
+firms, clients and charts until the portal API takes them over.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -11,7 +12,8 @@ import azure.functions as func
 
 from functions._http import from_error, json_response, parse_uuid, route_uuid
 from shared.errors import AdvisorError, ValidationError
-from shared.services import clients, health
+from shared.messaging import DeadLetter
+from shared.services import clients, dead_letters, health
 
 ops_bp = func.Blueprint()  # type: ignore[no-untyped-call]
 
@@ -57,6 +59,60 @@ def add_account(req: func.HttpRequest) -> func.HttpResponse:
         return json_response({"account_id": account_id}, status=201)
     except AdvisorError as exc:
         return from_error(exc)
+
+
+@ops_bp.route(
+    route="ops/queues/{queue}/dead-letters", methods=["GET"], auth_level=func.AuthLevel.ADMIN
+)
+def peek_dead_letters(req: func.HttpRequest) -> func.HttpResponse:
+    """List the oldest dead letters of a queue (``?max=``, default 50), leaving them there."""
+    try:
+        raw = req.params.get("max") or "50"
+        if not (raw.isascii() and raw.isdigit()):
+            raise ValidationError(f"max must be a whole number, not {raw!r}")
+        found = dead_letters.peek(req.route_params.get("queue", ""), int(raw[:9]))
+        return json_response({"dead_letters": [_dead_letter_json(d) for d in found]})
+    except AdvisorError as exc:
+        return from_error(exc)
+
+
+@ops_bp.route(
+    route="ops/queues/{queue}/dead-letters/resubmit",
+    methods=["POST"],
+    auth_level=func.AuthLevel.ADMIN,
+)
+def resubmit_dead_letters(req: func.HttpRequest) -> func.HttpResponse:
+    """Send dead letters (``{"message_ids": [...]}``) back to their queue."""
+    try:
+        ids = _json_body(req).get("message_ids")
+        if not isinstance(ids, list):
+            raise ValidationError("message_ids must be a non-empty list of message ids")
+        outcome = dead_letters.resubmit(req.route_params.get("queue", ""), ids)
+        return json_response(
+            {"resubmitted": list(outcome.resubmitted), "not_found": list(outcome.not_found)}
+        )
+    except AdvisorError as exc:
+        return from_error(exc)
+
+
+def _dead_letter_json(dead: DeadLetter) -> dict[str, Any]:
+    try:
+        body: dict[str, str] = {"body": dead.body.decode("utf-8")}
+    except UnicodeDecodeError:
+        body = {"body_base64": base64.b64encode(dead.body).decode()}
+    return {
+        "message_id": dead.message_id,
+        "sequence_number": dead.sequence_number,
+        "session_id": dead.session_id,
+        "subject": dead.subject,
+        "content_type": dead.content_type,
+        "application_properties": dict(dead.application_properties),
+        "enqueued_time": dead.enqueued_time.isoformat() if dead.enqueued_time else None,
+        "delivery_count": dead.delivery_count,
+        "dead_letter_reason": dead.dead_letter_reason,
+        "dead_letter_description": dead.dead_letter_description,
+        **body,
+    }
 
 
 def _json_body(req: func.HttpRequest) -> dict[str, Any]:

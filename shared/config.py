@@ -104,6 +104,15 @@ class Settings(BaseSettings):
         default=OUTBOX_RELAY_SCHEDULE, alias="OUTBOX_RELAY_SCHEDULE", min_length=1
     )
     """NCRONTAB schedule of the outbox relay (six fields, seconds first)."""
+    service_bus_namespace: str | None = Field(
+        default=None, alias="ServiceBusConnection__fullyQualifiedNamespace"
+    )
+    """Service Bus namespace host (``<name>.servicebus.windows.net``), reached with the
+    managed identity; the same setting the Service Bus triggers' ``connection`` reads."""
+
+    service_bus_connection_string: str | None = Field(default=None, alias="ServiceBusConnection")
+    """Service Bus connection string, instead of the namespace above. With neither set,
+    messages go to the local broker in the app's database."""
 
     applicationinsights_connection_string: str | None = Field(
         default=None, alias="APPLICATIONINSIGHTS_CONNECTION_STRING"

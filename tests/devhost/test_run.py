@@ -1,4 +1,5 @@
-"""``python -m devhost run`` end to end: its own services, the app, the blob CLI, Ctrl-C."""
+"""``python -m devhost run`` end to end: its own services, the app, the blob and bus CLIs,
+Ctrl-C."""
 
 from __future__ import annotations
 
@@ -76,8 +77,8 @@ def test_run_serves_the_app_with_its_services_and_ctrl_c_stops_everything(tmp_pa
         assert "using local.settings.example.json" in text
         assert f"http://127.0.0.1:{ports['http']}/api/hello/{{name?}}" in text
         assert (
-            "function on_order is not served: serviceBusTrigger is not served by devhost yet"
-            in text
+            "function on_order is not served: Service Bus topic subscriptions are not served by "
+            "devhost yet" in text
         )
 
         with urllib.request.urlopen(f"http://127.0.0.1:{ports['http']}/api/bp/ping") as resp:
@@ -97,6 +98,16 @@ def test_run_serves_the_app_with_its_services_and_ctrl_c_stops_everything(tmp_pa
             "the uploaded blob to be processed",
         )
         assert "blob=fx-once/e2e/statement.csv" in "".join(output)
+
+        sent = _cli(env, "bus", "send", "fx-orders", '{"n": 1}', "--id", "run-msg-1")
+        assert sent.returncode == 0, sent.stderr
+        wait_for(
+            lambda: any(
+                "message_id=run-msg-1" in line and "outcome=ok" in line for line in output
+            ),
+            30,
+            "the Service Bus message to be handled",
+        )
 
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0

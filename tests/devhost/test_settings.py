@@ -73,6 +73,36 @@ class TestHostSettings:
         assert settings.blob_max_attempts == 3
         assert settings.blob_concurrency == 2
 
+    def test_host_json_service_bus_concurrency_and_lock_renewal(self, tmp_path):
+        (tmp_path / "host.json").write_text(
+            json.dumps(
+                {
+                    "version": "2.0",
+                    "extensions": {
+                        "serviceBus": {
+                            "maxConcurrentCalls": 3,
+                            "maxConcurrentSessions": 2,
+                            "maxAutoLockRenewalDuration": "00:10:30",
+                        }
+                    },
+                }
+            )
+        )
+        settings = HostSettings.from_env(
+            {"DEVHOST_BUS_RETRY_BACKOFF_S": "0"}, read_host_json(tmp_path)
+        )
+        assert settings.bus_max_concurrent_calls == 3
+        assert settings.bus_max_concurrent_sessions == 2
+        assert settings.bus_max_lock_renewal_s == 630
+        assert settings.bus_retry_backoff_s == 0
+
+    def test_a_bad_timespan_in_host_json_is_named(self, tmp_path):
+        (tmp_path / "host.json").write_text(
+            json.dumps({"extensions": {"serviceBus": {"maxAutoLockRenewalDuration": "5m"}}})
+        )
+        with pytest.raises(ConfigError, match=r"host.json: '5m' is not a TimeSpan"):
+            read_host_json(tmp_path)
+
     def test_environment_overrides_and_bad_numbers(self):
         env = {"DEVHOST_BLOB_MAX_ATTEMPTS": "7", "FUNCTIONS_REQUEST_BODY_SIZE_LIMIT": "1024"}
         settings = HostSettings.from_env(env)
@@ -118,7 +148,11 @@ class TestFunctionIndex:
         by_name = {f.name: f for f in fixture_app.functions}
         assert by_name["bp_ping"].served
         assert by_name["blob_once"].trigger_type == "blobTrigger"
-        assert by_name["on_order"].unserved == "serviceBusTrigger is not served by devhost yet"
+        assert by_name["bus_orders"].served
+        assert (
+            by_name["on_order"].unserved
+            == "Service Bus topic subscriptions are not served by devhost yet"
+        )
         assert "not served by devhost yet" in str(by_name["fx_orchestrator"].unserved)
         assert "not served by devhost yet" in str(by_name["fx_activity"].unserved)
         assert "Durable client" in str(by_name["start_orchestration"].unserved)
@@ -130,7 +164,8 @@ class TestFunctionIndex:
         assert "GET,POST http://127.0.0.1:7071/api/hello/{name?} [anonymous]" in lines
         assert "fx-params/{client_id}/{name}" in lines
         assert "%FX_TICK_SCHEDULE%" in lines
-        assert "on_order" in lines and "NOT SERVED: serviceBusTrigger" in lines
+        assert "orders/audit NOT SERVED: Service Bus topic" in lines
+        assert "fx-sessions (sessions)" in lines
         host.invoker.shutdown(wait=False)
 
     def test_missing_app_is_a_load_error(self, tmp_path):

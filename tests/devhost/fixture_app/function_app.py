@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -183,10 +184,64 @@ def startup_tick(timer: func.TimerRequest) -> None:
     record("startup_tick", past_due=timer.past_due)
 
 
+# -- Service Bus (the local broker: FxServiceBus is not set) -----------------------------
+
+
+def _message(msg: func.ServiceBusMessage) -> dict[str, Any]:
+    return {
+        "key": msg.message_id,
+        "type": type(msg),
+        "body": msg.get_body(),
+        "message_id": msg.message_id,
+        "session_id": msg.session_id,
+        "delivery_count": msg.delivery_count,
+        "content_type": msg.content_type,
+        "subject": msg.subject,
+        "label": msg.label,
+        "application_properties": msg.application_properties,
+        "user_properties": msg.user_properties,
+        "enqueued_time_utc": msg.enqueued_time_utc,
+        "expires_at_utc": msg.expires_at_utc,
+        "locked_until": msg.locked_until,
+        "lock_token": msg.lock_token,
+        "sequence_number": msg.sequence_number,
+    }
+
+
+@app.service_bus_queue_trigger(arg_name="msg", queue_name="fx-orders", connection="FxServiceBus")
+def bus_orders(msg: func.ServiceBusMessage, context: func.Context) -> None:
+    record("bus_orders", retry=context.retry_context.retry_count, **_message(msg))
+
+
+@app.service_bus_queue_trigger(
+    arg_name="msg", queue_name="%FX_FAILING_QUEUE%", connection="FxServiceBus"
+)
+async def bus_failing(msg: func.ServiceBusMessage) -> None:
+    record("bus_failing", **_message(msg))
+    raise RuntimeError(f"cannot handle {msg.message_id}")
+
+
+@app.service_bus_queue_trigger(
+    arg_name="msg", queue_name="fx-sessions", connection="FxServiceBus", is_sessions_enabled=True
+)
+def bus_sessions(msg: func.ServiceBusMessage) -> None:
+    record("bus_sessions", event="start", session=msg.session_id, body=msg.get_body().decode())
+    time.sleep(0.01)
+    record("bus_sessions", event="end", session=msg.session_id, body=msg.get_body().decode())
+
+
+@app.service_bus_queue_trigger(arg_name="msg", queue_name="fx-slow", connection="FxServiceBus")
+def bus_slow(msg: func.ServiceBusMessage) -> None:
+    record("bus_slow", **_message(msg))
+    time.sleep(float(msg.get_body()))
+
+
 # -- not served yet ---------------------------------------------------------------------
 
 
-@app.service_bus_queue_trigger(arg_name="msg", queue_name="orders", connection="FxServiceBus")
+@app.service_bus_topic_trigger(
+    arg_name="msg", topic_name="orders", subscription_name="audit", connection="FxServiceBus"
+)
 def on_order(msg: func.ServiceBusMessage) -> None:
     record("on_order")
 

@@ -1,0 +1,380 @@
+"""Service Bus triggers: receive in peek-lock mode, invoke, then complete or abandon.
+
+Messages come from the local broker in PostgreSQL (``shared.adapters.local_broker``), or
+from a namespace through azure-servicebus when the trigger's connection setting names one.
+The function gets an ``azure.functions.ServiceBusMessage`` built by the library's own
+converter from the trigger metadata the Functions host sends, so it sees what it would
+see in Azure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import azure.functions as func
+from azure.functions import meta
+from azure.functions.servicebus import ServiceBusMessageInConverter
+from psycopg_pool import ConnectionPool
+
+from devhost.blobs import resolve_setting_refs
+from devhost.discovery import FunctionSpec
+from devhost.errors import ConfigError
+from devhost.invoke import Invoker, log_invocation, new_invocation_id
+from devhost.settings import BUS_RETRY_BACKOFF_MAX_S, HostSettings
+from shared.adapters.local_broker import LocalBroker, ReceivedMessage
+from shared.messaging import QUEUES, QueueSpec
+
+log = logging.getLogger(__name__)
+
+# The Functions host's default connection setting when a trigger names none.
+DEFAULT_CONNECTION = "AzureWebJobsServiceBus"
+NAMESPACE_SUFFIX = "__fullyQualifiedNamespace"
+DB_POOL_SIZE = 8
+
+
+@dataclass(frozen=True)
+class BusWatch:
+    """A Service Bus-triggered function and where its messages come from.
+
+    Attributes:
+        spec: the function.
+        queue: the queue's properties (from ``shared.messaging.QUEUES`` when listed there).
+        connection: the connection string or namespace of a real namespace, or None for the
+            local broker.
+    """
+
+    spec: FunctionSpec
+    queue: QueueSpec
+    connection: str | None
+
+
+def bus_watches(specs: list[FunctionSpec], environ: Mapping[str, str]) -> list[BusWatch]:
+    """Resolve the queue and the connection of each Service Bus-triggered function.
+
+    Raises:
+        ConfigError: a queue name references a missing setting, or the trigger's
+            ``isSessionsEnabled`` disagrees with the queue's definition.
+    """
+    watches = []
+    for spec in specs:
+        name = resolve_setting_refs(str(spec.trigger["queueName"]), environ)
+        sessions = bool(spec.trigger.get("isSessionsEnabled"))
+        queue = QUEUES.get(name) or QueueSpec(name, requires_session=sessions)
+        if queue.requires_session != sessions:
+            raise ConfigError(
+                f"Service Bus trigger {spec.name}: queue {name} "
+                f"{'requires' if queue.requires_session else 'does not use'} sessions, but "
+                f"the trigger has is_sessions_enabled={sessions}"
+            )
+        setting = str(spec.trigger.get("connection") or DEFAULT_CONNECTION)
+        connection = environ.get(setting) or environ.get(setting + NAMESPACE_SUFFIX) or None
+        watches.append(BusWatch(spec, queue, connection))
+    return watches
+
+
+def functions_message(message: ReceivedMessage) -> func.ServiceBusMessage:
+    """The ``func.ServiceBusMessage`` the Python worker would build for a delivery.
+
+    The trigger metadata has the names and types the Functions host sends, and the
+    library's converter turns it into the message object, as the worker does.
+    """
+    properties = json.dumps(dict(message.application_properties))
+    metadata: dict[str, meta.Datum] = {
+        "MessageId": meta.Datum(message.message_id, "string"),
+        "DeliveryCount": meta.Datum(message.delivery_count, "int"),
+        "SequenceNumber": meta.Datum(message.sequence_number, "int"),
+        "EnqueuedTimeUtc": meta.Datum(_utc_text(message.enqueued_time), "string"),
+        "ExpiresAtUtc": meta.Datum(_utc_text(message.expires_at), "string"),
+        "LockedUntil": meta.Datum(_utc_text(message.locked_until), "string"),
+        "LockToken": meta.Datum(message.lock_token, "string"),
+        "ApplicationProperties": meta.Datum(properties, "json"),
+        "UserProperties": meta.Datum(properties, "json"),
+    }
+    optional = {
+        "SessionId": message.session_id,
+        "ContentType": message.content_type,
+        "Subject": message.subject,
+        "Label": message.subject,
+        "ScheduledEnqueueTimeUtc": (
+            _utc_text(message.scheduled_enqueue_time) if message.scheduled_enqueue_time else None
+        ),
+    }
+    metadata.update({k: meta.Datum(v, "string") for k, v in optional.items() if v is not None})
+    decoded = ServiceBusMessageInConverter.decode(
+        meta.Datum(message.body, "bytes"), trigger_metadata=metadata
+    )
+    assert isinstance(decoded, func.ServiceBusMessage)
+    return decoded
+
+
+def _utc_text(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Delivery(Protocol):
+    """One locked message, however it was received."""
+
+    @property
+    def message(self) -> ReceivedMessage: ...
+
+    async def renew(self) -> bool: ...
+
+    async def complete(self) -> str: ...
+
+    async def abandon(self, error: str, redeliver_after_s: float) -> str: ...
+
+
+class Source(Protocol):
+    """Where one queue's messages are received from."""
+
+    async def receive(self) -> Delivery | None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass
+class _LocalDelivery:
+    broker: LocalBroker
+    message: ReceivedMessage
+
+    async def renew(self) -> bool:
+        queue, token = self.message.queue, self.message.lock_token
+        return await asyncio.to_thread(self.broker.renew_lock, queue, token) is not None
+
+    async def complete(self) -> str:
+        queue, token = self.message.queue, self.message.lock_token
+        return await asyncio.to_thread(self.broker.complete, queue, token)
+
+    async def abandon(self, error: str, redeliver_after_s: float) -> str:
+        return await asyncio.to_thread(
+            lambda: self.broker.abandon(
+                self.message.queue,
+                self.message.lock_token,
+                error,
+                redeliver_after_s=redeliver_after_s,
+            )
+        )
+
+
+class LocalSource:
+    """A queue of the local broker."""
+
+    def __init__(self, broker: LocalBroker, queue: QueueSpec) -> None:
+        self._broker = broker
+        self._queue = queue
+
+    async def receive(self) -> Delivery | None:
+        """The next message, locked, or None when the queue has none to give."""
+        got = await asyncio.to_thread(self._broker.receive, self._queue.name)
+        return _LocalDelivery(self._broker, got) if got else None
+
+    async def close(self) -> None:
+        """Nothing to close: the broker belongs to the dispatcher."""
+
+
+class BusDispatcher:
+    """Receives for every Service Bus-triggered function until stopped.
+
+    Concurrency follows host.json ``extensions.serviceBus``: ``maxConcurrentSessions``
+    sessions at a time on a session queue (one message of each at a time, in order), else
+    ``maxConcurrentCalls`` messages; locks are renewed while a function runs, for at most
+    ``maxAutoLockRenewalDuration``.
+
+    Args:
+        watches: the functions (see ``bus_watches``).
+        invoker: runs the functions.
+        settings: poll interval, retry backoff and the concurrency limits.
+        database_url: the local broker's database; needed when a watch has no connection.
+    """
+
+    def __init__(
+        self,
+        watches: list[BusWatch],
+        invoker: Invoker,
+        settings: HostSettings,
+        *,
+        database_url: str | None,
+    ) -> None:
+        self._watches = watches
+        self._invoker = invoker
+        self._settings = settings
+        self._database_url = database_url
+        self._pool: ConnectionPool | None = None
+        self.broker: LocalBroker | None = None
+        self._sources: dict[str, Source] = {}
+        self._inflight: set[asyncio.Task[None]] = set()
+
+    async def open(self) -> None:
+        """Connect to the local broker (declaring its queues) and to any namespace.
+
+        Raises:
+            ConfigError: a trigger needs the local broker and there is no database.
+        """
+        local = [w for w in self._watches if w.connection is None]
+        if local:
+            if not self._database_url:
+                raise ConfigError("Service Bus triggers need DATABASE_URL for the local broker")
+            self._pool = ConnectionPool(
+                self._database_url, min_size=1, max_size=DB_POOL_SIZE, open=False
+            )
+            await asyncio.to_thread(self._pool.open, True)
+            self.broker = LocalBroker(self._pool)
+            for watch in local:
+                await asyncio.to_thread(self.broker.declare, watch.queue)
+        for watch in self._watches:
+            if watch.connection is None:
+                assert self.broker is not None
+                self._sources[watch.spec.name] = LocalSource(self.broker, watch.queue)
+            else:
+                from devhost.servicebus_remote import RemoteSource
+
+                self._sources[watch.spec.name] = RemoteSource(
+                    watch.connection, watch.queue, self._settings.bus_poll_interval_s
+                )
+
+    async def close(self) -> None:
+        """Cancel what still runs and close the connections."""
+        for task in list(self._inflight):
+            task.cancel()
+        await asyncio.gather(*self._inflight, return_exceptions=True)
+        for source in self._sources.values():
+            await source.close()
+        if self._pool is not None:
+            await asyncio.to_thread(self._pool.close)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Receive for every function until ``stop`` is set."""
+        await asyncio.gather(*(self._run_watch(w, stop) for w in self._watches))
+
+    async def drain(self) -> None:
+        """Wait until every invocation started has finished."""
+        while self._inflight:
+            await asyncio.gather(*list(self._inflight), return_exceptions=True)
+
+    async def _run_watch(self, watch: BusWatch, stop: asyncio.Event) -> None:
+        settings = self._settings
+        limit = (
+            settings.bus_max_concurrent_sessions
+            if watch.queue.requires_session
+            else settings.bus_max_concurrent_calls
+        )
+        slots = asyncio.Semaphore(limit)
+        source = self._sources[watch.spec.name]
+        last_error = ""
+        while not stop.is_set():
+            await slots.acquire()
+            try:
+                delivery = await source.receive()
+            except Exception as exc:  # noqa: BLE001 - a broker outage must not stop the host
+                slots.release()
+                if str(exc) != last_error:
+                    log.warning("cannot receive from queue %s: %s", watch.queue.name, exc)
+                last_error = str(exc)
+                await _pause(stop, settings.bus_poll_interval_s)
+                continue
+            last_error = ""
+            if delivery is None:
+                slots.release()
+                await _pause(stop, settings.bus_poll_interval_s)
+                continue
+            task = asyncio.create_task(self._process(watch, delivery))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+            task.add_done_callback(lambda _t: slots.release())
+
+    async def _process(self, watch: BusWatch, delivery: Delivery) -> None:
+        message = delivery.message
+        fields: dict[str, Any] = {
+            "queue": watch.queue.name,
+            "message_id": message.message_id,
+            "delivery_count": message.delivery_count,
+        }
+        if message.session_id is not None:
+            fields["session_id"] = message.session_id
+        invocation_id = new_invocation_id()
+        started = time.monotonic()
+        # Limitation: messages are always completed on success (autoCompleteMessages: false
+        # is ignored); Python functions cannot settle messages themselves here.
+        keeper = asyncio.create_task(self._keep_lock(watch, delivery))
+        try:
+            await self._invoker.call(
+                watch.spec,
+                functions_message(message),
+                invocation_id=invocation_id,
+                retry_count=message.delivery_count - 1,
+                max_retry_count=watch.queue.max_delivery_count - 1,
+            )
+        except asyncio.CancelledError:
+            # The host is stopping: give the message back for the next start.
+            keeper.cancel()
+            await asyncio.shield(delivery.abandon("the host stopped", 0.0))
+            raise
+        except Exception as exc:  # noqa: BLE001 - the app's failure settles the message
+            keeper.cancel()
+            settled = await delivery.abandon(
+                f"{type(exc).__name__}: {exc}", self._backoff(message.delivery_count)
+            )
+            fields["settled"] = settled
+            log_invocation(watch.spec, invocation_id, started, "failed", failed=True, **fields)
+            self._report_failure(watch, message, settled, exc)
+        else:
+            keeper.cancel()
+            fields["settled"] = await delivery.complete()
+            log_invocation(watch.spec, invocation_id, started, "ok", **fields)
+
+    def _report_failure(
+        self, watch: BusWatch, message: ReceivedMessage, settled: str, exc: Exception
+    ) -> None:
+        extra = {
+            "function": watch.spec.name,
+            "queue": watch.queue.name,
+            "message_id": message.message_id,
+        }
+        if settled == "dead-lettered":
+            log.error(
+                "message dead-lettered after %s deliveries",
+                message.delivery_count,
+                exc_info=exc,
+                extra=extra,
+            )
+        else:
+            log.warning(
+                "function failed on a message (delivery %s of %s)",
+                message.delivery_count,
+                watch.queue.max_delivery_count,
+                exc_info=exc,
+                extra=extra,
+            )
+
+    # Limitation: Service Bus redelivers an abandoned message at once; the devhost waits
+    # DEVHOST_BUS_RETRY_BACKOFF_S (doubling) so that a failing dependency is not hammered ten
+    # times in a second. Set it to 0 for Service Bus's own timing.
+    def _backoff(self, delivery_count: int) -> float:
+        first = self._settings.bus_retry_backoff_s
+        return min(first * 2 ** (delivery_count - 1), BUS_RETRY_BACKOFF_MAX_S) if first else 0.0
+
+    async def _keep_lock(self, watch: BusWatch, delivery: Delivery) -> None:
+        """Renew the lock at half its duration until cancelled or the renewal time is up."""
+        interval = watch.queue.lock_duration_s / 2
+        until = time.monotonic() + self._settings.bus_max_lock_renewal_s
+        while time.monotonic() + interval < until:
+            await asyncio.sleep(interval)
+            try:
+                if not await delivery.renew():
+                    log.warning("lost the lock on message %s", delivery.message.message_id)
+                    return
+            except Exception as exc:  # noqa: BLE001 - the next renewal may work
+                log.warning("renewing the lock failed: %s", exc)
+
+
+async def _pause(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
