@@ -28,12 +28,9 @@ Accept = Callable[..., webhooks.Receipt]
 
 def _sender() -> MessageSender:
     """The worker's Service Bus sender (real namespace, or the local broker)."""
-    from shared.adapters.servicebus import (  # type: ignore[import-not-found, unused-ignore]
-        get_sender,
-    )
+    from shared.adapters.servicebus import get_sender
 
-    sender: MessageSender = get_sender()
-    return sender
+    return get_sender()
 
 
 class _SenderOnFirstSend:
