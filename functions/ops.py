@@ -1,5 +1,5 @@
-"""Operations endpoints: health, the dead-letter tools, and the admin calls that set up
-firms, clients and charts until the portal API takes them over.
+"""Operations endpoints: readiness and liveness, the dead-letter tools, and the admin calls
+that set up firms, clients and charts until the portal API takes them over.
 """
 
 from __future__ import annotations
@@ -23,6 +23,12 @@ def health_check(req: func.HttpRequest) -> func.HttpResponse:
     """Report whether the app can reach its database and storage (200 or 503)."""
     result = health.check()
     return json_response(result, status=200 if result["status"] == "ok" else 503)
+
+
+@ops_bp.route(route="health/live", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def liveness(req: func.HttpRequest) -> func.HttpResponse:
+    """Answer 200 while the worker serves requests, touching no dependency (liveness)."""
+    return json_response({"status": "alive"})
 
 
 @ops_bp.route(route="ops/clients", methods=["POST"], auth_level=func.AuthLevel.ADMIN)

@@ -1,0 +1,27 @@
+"""The liveness probe answers without any dependency: no database, no storage settings."""
+
+from __future__ import annotations
+
+import json
+
+import azure.functions as func
+import pytest
+
+from functions import ops
+
+
+def test_liveness_touches_no_dependency(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.adapters import blob, postgres
+
+    def unreachable(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the liveness probe touched a dependency")
+
+    monkeypatch.setattr(postgres, "transaction", unreachable)
+    monkeypatch.setattr(blob, "ping", unreachable)
+    request = func.HttpRequest(method="GET", url="/api/health/live", body=b"")
+
+    response = ops.liveness(request)
+
+    assert response.status_code == 200
+    assert response.mimetype == "application/json"
+    assert json.loads(response.get_body()) == {"status": "alive"}
