@@ -35,17 +35,27 @@ def pool() -> ConnectionPool:
     global _pool
     with _pool_lock:
         if _pool is None:
-            settings = get_settings()
-            _pool = ConnectionPool(
-                settings.database_url,
-                min_size=0,
-                max_size=settings.db_pool_max_size,
-                timeout=settings.db_pool_timeout_s,
-                configure=_configure,
-                open=True,
-                name="advisoros",
-            )
+            _pool = open_pool("advisoros")
         return _pool
+
+
+def open_pool(name: str) -> ConnectionPool:
+    """Open a pool of its own, sized and configured as the worker's; the caller closes it.
+
+    For code that takes a connection while a caller may hold one of the worker's pool (the
+    local broker, during an outbox hand-off): from the same pool, enough such callers at
+    once would each wait for a connection that none of them gives back.
+    """
+    settings = get_settings()
+    return ConnectionPool(
+        settings.database_url,
+        min_size=0,
+        max_size=settings.db_pool_max_size,
+        timeout=settings.db_pool_timeout_s,
+        configure=_configure,
+        open=True,
+        name=name,
+    )
 
 
 def close_pool() -> None:

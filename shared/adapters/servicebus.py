@@ -21,6 +21,7 @@ from azure.servicebus import (
     ServiceBusSubQueue,
 )
 from azure.servicebus.exceptions import ServiceBusError
+from psycopg_pool import ConnectionPool
 
 from shared.config import get_settings
 from shared.errors import NotFound, UpstreamError
@@ -51,6 +52,8 @@ class ServiceBusBackend(MessageSender, Protocol):
 
 _backend: ServiceBusBackend | None = None
 _backend_lock = threading.Lock()
+# The local broker's own connections (see ``postgres.open_pool``), when it is the backend.
+_broker_pool: ConnectionPool | None = None
 
 
 def get_sender() -> MessageSender:
@@ -73,10 +76,13 @@ def backend() -> ServiceBusBackend:
 
 def reset() -> None:
     """Close and forget the backend (tests and scripts; workers keep it for the process)."""
-    global _backend
+    global _backend, _broker_pool
     with _backend_lock:
         if isinstance(_backend, AzureServiceBus):
             _backend.close()
+        if _broker_pool is not None:
+            _broker_pool.close()
+            _broker_pool = None
         _backend = None
 
 
@@ -117,8 +123,10 @@ def _create_backend() -> ServiceBusBackend:
     from shared.adapters import postgres
     from shared.adapters.local_broker import LocalBroker
 
+    global _broker_pool
     log.info("no Service Bus namespace configured; messages go to the local broker")
-    return LocalBroker(postgres.pool())
+    _broker_pool = postgres.open_pool("local-broker")
+    return LocalBroker(_broker_pool)
 
 
 def to_service_bus_message(message: OutboundMessage) -> ServiceBusMessage:

@@ -546,3 +546,38 @@ class TestReplay:
             webhooks.replay(
                 RecordingSender(), traceparent=TRACEPARENT, event_ids=["x"], source="paypal"
             )
+
+
+def test_hand_off_to_the_local_broker_needs_no_second_connection_of_the_pool(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The hand-off holds one of the worker's connections while the local broker sends; with
+    # a pool of one, a broker drawing on the same pool would wait for it until timing out.
+    from shared.adapters import postgres, servicebus
+    from shared.config import get_settings
+
+    monkeypatch.setenv("DB_POOL_MAX_SIZE", "1")
+    monkeypatch.setenv("DB_POOL_TIMEOUT_S", "2")
+    get_settings.cache_clear()
+    postgres.close_pool()
+    servicebus.reset()
+    try:
+        body = stripe_event("invoice.paid", customer=f"cus_{uuid.uuid4().hex[:10]}")
+        receipt = accept(body, stripe_header(body), sender=servicebus.get_sender())
+    finally:
+        servicebus.reset()
+        postgres.close_pool()
+        monkeypatch.delenv("DB_POOL_MAX_SIZE")
+        monkeypatch.delenv("DB_POOL_TIMEOUT_S")
+        get_settings.cache_clear()
+
+    assert receipt.duplicate is False
+    [row] = outbox_rows(event_id_of(body))
+    assert (row["attempts"], row["last_error"]) == (1, None)
+    assert row["sent_at"] is not None
+    queued = rows(
+        "SELECT count(*) FROM local_broker.messages WHERE queue = %s AND message_id = %s",
+        STRIPE_EVENTS_QUEUE,
+        event_id_of(body),
+    )
+    assert queued == [(1,)]
