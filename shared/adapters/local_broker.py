@@ -86,6 +86,12 @@ CREATE INDEX IF NOT EXISTS messages_active_idx
     ON local_broker.messages (queue, session_id, seq) WHERE state = 'active';
 CREATE INDEX IF NOT EXISTS messages_dead_idx
     ON local_broker.messages (queue, seq) WHERE state = 'dead';
+-- Every receive looks for expired messages and expired last deliveries; without these two
+-- indexes each look reads every active message of the queue.
+CREATE INDEX IF NOT EXISTS messages_expiry_idx
+    ON local_broker.messages (queue, expires_at) WHERE state = 'active';
+CREATE INDEX IF NOT EXISTS messages_locked_idx
+    ON local_broker.messages (queue, locked_until) WHERE state = 'active';
 CREATE UNIQUE INDEX IF NOT EXISTS messages_lock_idx
     ON local_broker.messages (lock_token) WHERE lock_token IS NOT NULL;
 CREATE TABLE IF NOT EXISTS local_broker.sent_ids (
