@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.requirements-installed
 NODE_STAMP := node_modules/.package-lock-installed
 
-.PHONY: setup run test lint format bench queues clean
+.PHONY: setup run test lint format bench bench-webhooks queues clean
 
 setup: $(PY_STAMP) $(NODE_STAMP) local.settings.json
 
@@ -46,6 +46,11 @@ bench: setup
 	@command -v hledger >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq hledger; } \
 		|| echo "hledger could not be installed; its row of the benchmark is skipped" >&2
 	$(BIN)/python -m bench.import_bench $(BENCH_ARGS)
+	$(BIN)/python -m bench.webhooks_bench $(WEBHOOKS_BENCH_ARGS)
+
+# The webhook intake and billing benchmark alone.
+bench-webhooks: setup
+	$(BIN)/python -m bench.webhooks_bench $(WEBHOOKS_BENCH_ARGS)
 
 # The Bicep queue definitions, from the one table in shared/messaging.py.
 queues: setup

@@ -629,6 +629,8 @@ def _receive_from_session(
     cur: _Cursor, spec: QueueSpec, token: str, only: str | None
 ) -> dict[str, Any] | None:
     """Take the lock of a free session with a deliverable head message, and lock that."""
+    # Limitation: the heads of all sessions are read on every receive, so receiving slows
+    # down in proportion to the number of active messages in the queue.
     candidates = cur.execute(
         """
         SELECT h.session_id FROM (

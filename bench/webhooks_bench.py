@@ -1,0 +1,390 @@
+"""Webhook intake and billing benchmark: signed Stripe events sent to ``python -m devhost
+run`` over HTTP, beside the same server answering its liveness probe (the ceiling), and the
+billing consumer applying the same events from the local broker meanwhile, in one run.
+
+    python -m bench.webhooks_bench [--events 20000] [--connections 50] [--rate 500]
+
+The load generator runs in its own process, so that it does not share the server's
+interpreter. Figures are rates and ratios against the in-run ceiling: the machine is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+SECRET = "whsec_bench_secret"
+ACCOUNT = "acct_benchwebhooks01"
+START_TIMEOUT_S = 90
+
+# Targets from the webhook requirements, printed beside each figure.
+TARGET_ACCEPTED_PER_S = 1_000.0
+TARGET_CEILING_SHARE = 0.25
+TARGET_P99_AT_RATE_MS = 50.0
+TARGET_APPLIED_PER_S = 1_000.0
+
+
+# -- The load generator (its own process) -----------------------------------------------------
+
+
+def signature(body: bytes, secret: str) -> str:
+    """A ``Stripe-Signature`` header, made as Stripe documents it."""
+    t = int(time.time())
+    mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={t},v1={mac}"
+
+
+def percentile(sorted_values: list[float], share: float) -> float:
+    """The nearest-rank percentile of an already sorted list."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, min(len(sorted_values), round(share * len(sorted_values) + 0.5)))
+    return sorted_values[rank - 1]
+
+
+async def load(options: argparse.Namespace) -> dict[str, Any]:
+    """Send the requests; ``--rate`` paces them (open loop), otherwise as fast as answered."""
+    import aiohttp
+
+    bodies: list[bytes | None]
+    if options.events_file:
+        with open(options.events_file, encoding="utf-8") as lines:
+            every = [json.loads(line).encode() for line in lines]
+        bodies = list(every[options.start : options.start + options.count])
+    else:
+        bodies = [None] * options.count
+    latencies: list[float] = [0.0] * len(bodies)
+    statuses: list[int] = [0] * len(bodies)
+    accepted: list[str] = []
+    next_index = 0
+
+    async def send(session: aiohttp.ClientSession, n: int) -> None:
+        body = bodies[n]
+        headers = {}
+        if body is not None:
+            headers = {
+                "Stripe-Signature": signature(body, options.secret),
+                "Content-Type": "application/json; charset=utf-8",
+            }
+        started = time.perf_counter()
+        async with session.request(options.method, options.url, data=body, headers=headers) as r:
+            answer = await r.read()
+        latencies[n] = time.perf_counter() - started
+        statuses[n] = r.status
+        if r.status == 200 and body is not None and b'"received": true' in answer:
+            accepted.append(json.loads(body)["id"])
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal next_index
+        while next_index < len(bodies):
+            n = next_index
+            next_index += 1
+            await send(session, n)
+
+    connector = aiohttp.TCPConnector(limit=options.connections)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        first_send = time.time()
+        started = time.perf_counter()
+        if options.rate:
+            interval = 1.0 / options.rate
+            pending = set()
+            for n in range(len(bodies)):
+                delay = started + n * interval - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                pending.add(asyncio.ensure_future(send(session, n)))
+            await asyncio.gather(*pending)
+        else:
+            await asyncio.gather(*(worker(session) for _ in range(options.connections)))
+        seconds = time.perf_counter() - started
+    ordered = sorted(latencies)
+    counts: dict[str, int] = {}
+    for status in statuses:
+        counts[str(status)] = counts.get(str(status), 0) + 1
+    return {
+        "requests": len(bodies),
+        "seconds": seconds,
+        "first_send": first_send,
+        "statuses": counts,
+        "p50_ms": percentile(ordered, 0.50) * 1000,
+        "p99_ms": percentile(ordered, 0.99) * 1000,
+        "accepted": accepted,
+    }
+
+
+def run_load(args: list[str]) -> dict[str, Any]:
+    """Run the load generator in a child process and return what it measured."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.webhooks_bench", "load", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"load generator {args} failed with exit code {proc.returncode}")
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
+
+
+# -- The server under test --------------------------------------------------------------------
+
+
+def start_devhost(work: Path, env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    """``python -m devhost run`` on ``port``, logging to ``work/devhost.log``, once it is live."""
+    log_path = work / "devhost.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "devhost", "run", "--port", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit("devhost exited at start:\n" + log_path.read_text()[-4000:])
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health/live", timeout=5):
+                return proc
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        if time.monotonic() > deadline:
+            stop_devhost(proc)
+            raise SystemExit("devhost did not come up:\n" + log_path.read_text()[-4000:])
+        time.sleep(0.3)
+
+
+def stop_devhost(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def scalar(database_url: str, sql: str, *params: Any) -> Any:
+    import psycopg
+
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(sql, params).fetchone()
+    return row[0] if row else None
+
+
+def wait_applied(database_url: str, expected: int, until: float) -> tuple[int, float]:
+    """Wait until ``expected`` events of the benchmark account are recorded, or the wall
+    clock reaches ``until``; how many were recorded, and when."""
+    while True:
+        done = int(
+            scalar(
+                database_url,
+                "SELECT count(*) FROM stripe_events WHERE stripe_account_id = %s",
+                ACCOUNT,
+            )
+        )
+        if done >= expected or time.time() >= until:
+            return done, time.time()
+        time.sleep(0.1)
+
+
+# -- The run ----------------------------------------------------------------------------------
+
+
+def write_events(path: Path, count: int, customers: int) -> float:
+    """Generated Stripe events, each as the bytes Stripe would send; the mean body size."""
+    sys.path.insert(0, str(REPO))
+    from tests.services import stripe_events
+
+    events = stripe_events.generate(ACCOUNT, customers=customers, events=count)
+    size = 0
+    with path.open("w", encoding="utf-8") as out:
+        for event in events:
+            body = json.dumps(event, indent=2) + "\n"
+            size += len(body.encode())
+            out.write(json.dumps(body) + "\n")
+    return size / count
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "load":
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--url", required=True)
+        parser.add_argument("--method", default="POST")
+        parser.add_argument("--events-file")
+        parser.add_argument("--start", type=int, default=0)
+        parser.add_argument("--count", type=int, required=True)
+        parser.add_argument("--connections", type=int, default=50)
+        parser.add_argument("--rate", type=float, default=0.0)
+        parser.add_argument("--secret", default=SECRET)
+        print(json.dumps(asyncio.run(load(parser.parse_args(sys.argv[2:])))))
+        return
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--rate", type=float, default=500.0)
+    parser.add_argument("--rate-seconds", type=float, default=10.0)
+    parser.add_argument("--customers", type=int, default=500)
+    parser.add_argument(
+        "--apply-budget",
+        type=float,
+        default=600.0,
+        help="seconds from the first event sent that the consumer gets to apply them all",
+    )
+    options = parser.parse_args()
+
+    from devhost import services as local
+
+    work = Path(tempfile.mkdtemp(prefix="advisoros-bench-webhooks-"))
+    try:
+        # The devhost starts Azurite itself on the ports the connection string names.
+        storage = local.azurite_connection_string(local.free_port(), local.free_port())
+        with local.start_postgres(work / "pg", port=local.free_port()) as pg:
+            local.apply_migrations(pg.url, REPO / "migrations")
+            env = {
+                **os.environ,
+                "DATABASE_URL": pg.url,
+                "AzureWebJobsStorage": storage,
+                "DEVHOST_DATA_DIR": str(work / "devhost"),
+                "STRIPE_WEBHOOK_SECRETS": SECRET,
+                "STRIPE_LIVEMODE": "false",
+            }
+            os.environ.update(env)
+            run(options, work, env, pg.url)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(options: argparse.Namespace, work: Path, env: dict[str, str], database_url: str) -> None:
+    from shared.services import billing, clients
+
+    books = billing.link_stripe_account(clients.create_firm("Benchmark firm"), ACCOUNT)
+    paced = int(options.rate * options.rate_seconds)
+    events_file = work / "events.jsonl"
+    mean_size = write_events(events_file, options.events + paced, options.customers)
+
+    port = local_free_port()
+    base = f"http://127.0.0.1:{port}/api"
+    devhost = start_devhost(work, env, port)
+    try:
+        common = ["--connections", str(options.connections)]
+        live = ["--url", f"{base}/health/live", "--method", "GET"]
+        ceiling = run_load([*live, "--count", str(options.events), *common])
+        stripe = ["--url", f"{base}/webhooks/stripe", "--events-file", str(events_file)]
+        intake = run_load([*stripe, "--count", str(options.events), *common])
+        window = ["--start", str(options.events), "--count", str(paced)]
+        paced_run = run_load([*stripe, *window, "--rate", str(options.rate), *common])
+        applied, applied_at = wait_applied(
+            database_url, options.events + paced, intake["first_send"] + options.apply_budget
+        )
+    except BaseException:
+        print("devhost log, last lines:\n" + (work / "devhost.log").read_text()[-6000:])
+        raise
+    finally:
+        stop_devhost(devhost)
+
+    accepted = intake["accepted"] + paced_run["accepted"]
+    print(f"{options.events + paced:,} generated Stripe events, {mean_size:,.0f} bytes on average")
+    print(
+        f"{'case':<44} {'requests':>9} {'200':>7} {'seconds':>8} {'per s':>8}"
+        f" {'p50 ms':>7} {'p99 ms':>7}"
+    )
+    for label, result in (
+        ("GET /api/health/live (ceiling)", ceiling),
+        ("POST /api/webhooks/stripe, saturating", intake),
+        (f"POST /api/webhooks/stripe at {options.rate:,.0f}/s", paced_run),
+    ):
+        ok = result["statuses"].get("200", 0)
+        print(
+            f"{label:<44} {result['requests']:>9,} {ok:>7,} {result['seconds']:>8.2f}"
+            f" {ok / result['seconds']:>8,.0f} {result['p50_ms']:>7.1f} {result['p99_ms']:>7.1f}"
+        )
+    applied_seconds = applied_at - intake["first_send"]
+    print(
+        f"{'billing: first enqueue to last applied':<44} {applied:>9,} {'':>7}"
+        f" {applied_seconds:>8.2f} {applied / applied_seconds:>8,.0f}"
+    )
+
+    # What the database says about the accepted events.
+    ids = list(accepted)
+    in_inbox = scalar(
+        database_url,
+        "SELECT count(*) FROM inbox WHERE source = 'stripe' AND event_id = ANY(%s)",
+        ids,
+    )
+    handed = scalar(
+        database_url,
+        "SELECT count(*) FROM local_broker.sent_ids WHERE queue = 'stripe-events'"
+        " AND message_id = ANY(%s)",
+        ids,
+    )
+    unsent = scalar(database_url, "SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+    recorded = scalar(
+        database_url, "SELECT count(*) FROM stripe_events WHERE stripe_account_id = %s", ACCOUNT
+    )
+    postings = scalar(
+        database_url,
+        "SELECT coalesce(sum(postings), 0) FROM stripe_events WHERE stripe_account_id = %s",
+        ACCOUNT,
+    )
+    entries = scalar(
+        database_url, "SELECT count(*) FROM journal_entries WHERE client_id = %s", books
+    )
+    dead = scalar(database_url, "SELECT count(*) FROM local_broker.messages WHERE state = 'dead'")
+
+    share = (intake["statuses"].get("200", 0) / intake["seconds"]) / (
+        ceiling["statuses"].get("200", 0) / ceiling["seconds"]
+    )
+    rate = intake["statuses"].get("200", 0) / intake["seconds"]
+    print()
+    target = TARGET_ACCEPTED_PER_S
+    print(f"accepted events/s              {rate:8,.0f}   (target >= {target:,.0f})")
+    print(f"intake rate / ceiling rate     {share:8.2f}   (target >= {TARGET_CEILING_SHARE})")
+    print(
+        f"p99 at {options.rate:,.0f} events/s            {paced_run['p99_ms']:8.1f}"
+        f"   (target < {TARGET_P99_AT_RATE_MS:.0f} ms)"
+    )
+    print(
+        f"accepted events in inbox       {in_inbox:,} of {len(ids):,}   (target: all, committed"
+        " before the answer)"
+    )
+    print(f"handed to the broker           {handed:,} of {len(ids):,}; outbox unsent {unsent:,}")
+    applied_rate = applied / applied_seconds
+    everything = options.events + paced
+    cut = "" if applied >= everything else f"; only {applied:,} of {everything:,} in the budget"
+    print(
+        f"billing events applied/s       {applied_rate:8,.0f}"
+        f"   (target >= {TARGET_APPLIED_PER_S:,.0f}{cut})"
+    )
+    print(
+        f"billing duplicates             stripe_events rows {recorded:,} for {len(ids):,} events;"
+        f" journal entries {entries:,} for {postings:,} postings; dead letters {dead:,}"
+        "   (target: equal, 0 dead)"
+    )
+
+
+def local_free_port() -> int:
+    from devhost.services import free_port
+
+    return free_port()
+
+
+if __name__ == "__main__":
+    main()
