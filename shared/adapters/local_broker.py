@@ -629,19 +629,33 @@ def _receive_from_session(
     cur: _Cursor, spec: QueueSpec, token: str, only: str | None
 ) -> dict[str, Any] | None:
     """Take the lock of a free session with a deliverable head message, and lock that."""
-    # Limitation: the heads of all sessions are read on every receive, so receiving slows
-    # down in proportion to the number of active messages in the queue.
+    # The sessions with active messages are found by skipping through the index one session
+    # at a time, and only each session's head is read, so a receive costs in proportion to
+    # the number of sessions, not of messages waiting.
     candidates = cur.execute(
         """
-        SELECT h.session_id FROM (
-            SELECT DISTINCT ON (session_id) session_id, seq, retry_at
-            FROM local_broker.messages
-            WHERE queue = %(q)s AND state = 'active' AND visible_at <= now()
-              AND (%(only)s::text IS NULL OR session_id = %(only)s)
-            ORDER BY session_id, seq) h
-        WHERE h.retry_at <= now() AND NOT EXISTS (
+        WITH RECURSIVE active AS (
+            (SELECT session_id FROM local_broker.messages
+             WHERE queue = %(q)s AND state = 'active'
+               AND (%(only)s::text IS NULL OR session_id = %(only)s)
+             ORDER BY session_id LIMIT 1)
+            UNION ALL
+            SELECT (SELECT m.session_id FROM local_broker.messages m
+                    WHERE m.queue = %(q)s AND m.state = 'active'
+                      AND m.session_id > a.session_id
+                      AND (%(only)s::text IS NULL OR m.session_id = %(only)s)
+                    ORDER BY m.session_id LIMIT 1)
+            FROM active a WHERE a.session_id IS NOT NULL
+        )
+        SELECT a.session_id FROM active a
+        CROSS JOIN LATERAL (
+            SELECT m.seq, m.retry_at FROM local_broker.messages m
+            WHERE m.queue = %(q)s AND m.state = 'active' AND m.session_id = a.session_id
+              AND m.visible_at <= now()
+            ORDER BY m.seq LIMIT 1) h
+        WHERE a.session_id IS NOT NULL AND h.retry_at <= now() AND NOT EXISTS (
             SELECT 1 FROM local_broker.sessions s
-            WHERE s.queue = %(q)s AND s.session_id = h.session_id AND s.locked_until >= now())
+            WHERE s.queue = %(q)s AND s.session_id = a.session_id AND s.locked_until >= now())
         ORDER BY h.seq LIMIT %(n)s
         """,
         {"q": spec.name, "n": _SESSION_CANDIDATES, "only": only},
