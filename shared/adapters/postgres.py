@@ -35,17 +35,23 @@ def pool() -> ConnectionPool:
     global _pool
     with _pool_lock:
         if _pool is None:
-            settings = get_settings()
-            _pool = ConnectionPool(
-                settings.database_url,
-                min_size=0,
-                max_size=settings.db_pool_max_size,
-                timeout=settings.db_pool_timeout_s,
-                configure=_configure,
-                open=True,
-                name="advisoros",
-            )
+            _pool = new_pool("advisoros")
         return _pool
+
+
+def new_pool(name: str) -> ConnectionPool:
+    """Open a further pool on ``DATABASE_URL`` with the worker pool's size, timeout and
+    session settings; the caller closes it. See ``pool`` for the worker's own."""
+    settings = get_settings()
+    return ConnectionPool(
+        settings.database_url,
+        min_size=0,
+        max_size=settings.db_pool_max_size,
+        timeout=settings.db_pool_timeout_s,
+        configure=_configure,
+        open=True,
+        name=name,
+    )
 
 
 def close_pool() -> None:

@@ -21,6 +21,7 @@ from azure.servicebus import (
     ServiceBusSubQueue,
 )
 from azure.servicebus.exceptions import ServiceBusError
+from psycopg_pool import ConnectionPool
 
 from shared.config import get_settings
 from shared.errors import NotFound, UpstreamError
@@ -51,6 +52,7 @@ class ServiceBusBackend(MessageSender, Protocol):
 
 _backend: ServiceBusBackend | None = None
 _backend_lock = threading.Lock()
+_broker_pool: ConnectionPool | None = None
 
 
 def get_sender() -> MessageSender:
@@ -73,10 +75,13 @@ def backend() -> ServiceBusBackend:
 
 def reset() -> None:
     """Close and forget the backend (tests and scripts; workers keep it for the process)."""
-    global _backend
+    global _backend, _broker_pool
     with _backend_lock:
         if isinstance(_backend, AzureServiceBus):
             _backend.close()
+        if _broker_pool is not None:
+            _broker_pool.close()
+            _broker_pool = None
         _backend = None
 
 
@@ -118,7 +123,12 @@ def _create_backend() -> ServiceBusBackend:
     from shared.adapters.local_broker import LocalBroker
 
     log.info("no Service Bus namespace configured; messages go to the local broker")
-    return LocalBroker(postgres.pool())
+    # A pool of its own: the outbox sends while it holds a connection of the worker's pool,
+    # so a send that needed a second one from that pool would wait on itself once every
+    # connection is held by a sender (a burst of webhooks), until the pool timeout.
+    global _broker_pool
+    _broker_pool = postgres.new_pool("local-broker")
+    return LocalBroker(_broker_pool)
 
 
 def to_service_bus_message(message: OutboundMessage) -> ServiceBusMessage:
