@@ -53,6 +53,6 @@ def test_a_webhook_holding_the_only_pool_connection_still_hands_on_its_message(
     assert not receipt.duplicate
     [row] = outbox_rows(event_id)
     assert row["sent_at"] is not None and row["last_error"] is None
-    assert rows(
-        "SELECT count(*) FROM local_broker.messages WHERE message_id = %s", event_id
-    ) == [(1,)]
+    assert rows("SELECT count(*) FROM local_broker.messages WHERE message_id = %s", event_id) == [
+        (1,)
+    ]
