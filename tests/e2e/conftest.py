@@ -144,6 +144,7 @@ class Devhost:
             root / "devhost.log",
         )
         self.proc: subprocess.Popen[bytes] | None = None
+        self.killed = False
 
     def start(self) -> App:
         """Start the host (again) and wait until it answers its health check."""
@@ -162,6 +163,7 @@ class Devhost:
             try:
                 status, _ = self.app.call("GET", "/api/health", key=None)
                 if status == 200:
+                    self.killed = False
                     return self.app
             except (urllib.error.URLError, ConnectionError):
                 pass
@@ -176,9 +178,13 @@ class Devhost:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
         self.proc = None
+        self.killed = True
 
     def stop(self) -> None:
         """Stop the host and everything it started, as Ctrl-C does."""
+        if self.proc is None and self.killed:
+            # Only a host can stop the Postgres and Azurite a killed one left running.
+            self.start()
         if self.proc is None:
             return
         self.proc.send_signal(signal.SIGINT)
