@@ -1,4 +1,5 @@
-"""Ledger import triggers: files dropped in ``ledger-imports/``, and the HTTP views of imports."""
+"""Ledger triggers: files dropped in ``ledger-imports/``, the HTTP views of imports, and a
+client's trial balance."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import azure.functions as func
 
 from functions._http import from_error, json_response, problem, route_int, route_uuid
 from shared.config import LEDGER_IMPORTS_CONTAINER, get_settings
+from shared.domain.money import Money
 from shared.errors import AdvisorError, ValidationError
-from shared.services import clients, ledger_import
+from shared.services import clients, ledger, ledger_import
 
 log = logging.getLogger(__name__)
 
@@ -76,3 +78,28 @@ def mapping_profile(req: func.HttpRequest) -> func.HttpResponse:
         return json_response(clients.set_mapping_profile(client_id, data, actor="api"))
     except AdvisorError as exc:
         return from_error(exc)
+
+
+@imports_bp.route(route="clients/{client_id}/trial-balance", methods=["GET"])
+def trial_balance(req: func.HttpRequest) -> func.HttpResponse:
+    """Return every account's balance per currency: debits positive, credits negative, as
+    decimal strings in the currency's own scale (``"-12.50"``), beside the minor units."""
+    try:
+        lines = ledger.trial_balance(route_uuid(req, "client_id"))
+    except AdvisorError as exc:
+        return from_error(exc)
+    return json_response(
+        {
+            "lines": [
+                {
+                    "code": line.code,
+                    "name": line.name,
+                    "type": line.type,
+                    "currency": line.currency,
+                    "balance": str(Money(line.balance_minor, line.currency).to_decimal()),
+                    "balance_minor": line.balance_minor,
+                }
+                for line in lines
+            ]
+        }
+    )

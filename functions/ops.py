@@ -1,5 +1,5 @@
 """Operations endpoints: readiness and liveness, the dead-letter tools, and the admin calls
-that set up firms, clients and charts until the portal API takes them over.
+that set up firms, clients, charts and Stripe accounts until the portal API takes them over.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import azure.functions as func
 from functions._http import from_error, json_response, parse_uuid, route_uuid
 from shared.errors import AdvisorError, ValidationError
 from shared.messaging import DeadLetter
-from shared.services import clients, dead_letters, health
+from shared.services import billing, clients, dead_letters, health
 
 ops_bp = func.Blueprint()  # type: ignore[no-untyped-call]
 
@@ -63,6 +63,32 @@ def add_account(req: func.HttpRequest) -> func.HttpResponse:
             client_id, _text(body, "code"), _text(body, "name"), _text(body, "type"), actor="ops"
         )
         return json_response({"account_id": account_id}, status=201)
+    except AdvisorError as exc:
+        return from_error(exc)
+
+
+@ops_bp.route(route="ops/stripe-accounts", methods=["POST"], auth_level=func.AuthLevel.ADMIN)
+def link_stripe_account(req: func.HttpRequest) -> func.HttpResponse:
+    """Link a Stripe account (``stripe_account_id``) to a firm (``firm_id``): 201 with the
+    books client its events post to, 200 when it was linked already, 409 for another firm."""
+    try:
+        body = _json_body(req)
+        firm_id = parse_uuid(_text(body, "firm_id"), "firm_id")
+        account = _text(body, "stripe_account_id")
+        if not account.startswith("acct_"):
+            raise ValidationError(f"field 'stripe_account_id' must be acct_..., not {account!r}")
+        link = billing.ensure_stripe_account_link(
+            firm_id, account, base_currency=str(body.get("base_currency") or "USD")
+        )
+        return json_response(
+            {
+                "stripe_account_id": account,
+                "firm_id": str(firm_id),
+                "books_client_id": str(link.books_client_id),
+                "created": link.created,
+            },
+            status=201 if link.created else 200,
+        )
     except AdvisorError as exc:
         return from_error(exc)
 

@@ -159,13 +159,34 @@ class ApplyOutcome:
     postings: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class StripeAccountLink:
+    """A Stripe account's link to a firm: the books its events post to, and whether this
+    call made the link (False when it was already there)."""
+
+    books_client_id: uuid.UUID
+    created: bool
+
+
 def link_stripe_account(
     firm_id: uuid.UUID, stripe_account_id: str, *, base_currency: str = "USD"
 ) -> uuid.UUID:
     """Link a Stripe account to a firm and return the books client its events post to.
 
-    The firm's first account creates its books (a client with ``clients.BILLING_CHART``);
-    further accounts of the same firm share them. Linking again is a no-op.
+    The same as ``ensure_stripe_account_link``, for callers that need only the books.
+    """
+    link = ensure_stripe_account_link(firm_id, stripe_account_id, base_currency=base_currency)
+    return link.books_client_id
+
+
+def ensure_stripe_account_link(
+    firm_id: uuid.UUID, stripe_account_id: str, *, base_currency: str = "USD"
+) -> StripeAccountLink:
+    """Link a Stripe account to a firm, once, and say which books its events post to.
+
+    The firm's first account creates its books (a client with ``clients.BILLING_CHART``,
+    in ``base_currency``); further accounts of the same firm share them. Linking again is a
+    no-op answered with ``created=False``. See ``link_stripe_account`` for the books only.
 
     Raises:
         ValidationError: the id is no Stripe account id (``acct_...``).
@@ -184,8 +205,7 @@ def link_stripe_account(
         if row is not None:
             if row[0] != firm_id:
                 raise Conflict(f"Stripe account {stripe_account_id} is linked to another firm")
-            linked: uuid.UUID = row[1]
-            return linked
+            return StripeAccountLink(row[1], created=False)
         firm = conn.execute("SELECT name FROM firms WHERE id = %s", (firm_id,)).fetchone()
         if firm is None:
             raise NotFound(f"unknown firm {firm_id}")
@@ -216,7 +236,7 @@ def link_stripe_account(
             subject=stripe_account_id,
             details={"firm_id": str(firm_id)},
         )
-    return books
+    return StripeAccountLink(books, created=True)
 
 
 def apply_event(event: Mapping[str, Any]) -> ApplyOutcome:

@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 LAST_ERROR_MAX_CHARS = 1000
 
+# Limitation: a request that finds an older row of its session unsent (another request is
+# sending it) leaves its own row to the relay, so under concurrent deliveries of one
+# customer's events a message can wait up to one relay period (OUTBOX_RELAY_SCHEDULE).
 # The oldest unsent row of each session that is due. SKIP LOCKED: a row another relay (or
 # a request delivering its own rows) holds is left to it. The NOT EXISTS keeps a newer row
 # of a session waiting while an older one is unsent, whoever holds that one.

@@ -107,65 +107,102 @@ def _decode(body: bytes) -> Any:
         return body.decode(errors="replace")
 
 
-@pytest.fixture(scope="session")
-def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
-    root = tmp_path_factory.mktemp("devhost")
-    http_port, pg_port, blob_port, queue_port = (free_port() for _ in range(4))
-    storage = (
-        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
-        "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/"
-        f"KBHBeksoGMGw==;BlobEndpoint=http://127.0.0.1:{blob_port}/devstoreaccount1;"
-        f"QueueEndpoint=http://127.0.0.1:{queue_port}/devstoreaccount1;"
-    )
-    database_url = f"postgresql://postgres@127.0.0.1:{pg_port}/advisoros"
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "AzureWebJobsStorage": storage,
-        "DEVHOST_DATA_DIR": str(root / "data"),
-        "DEVHOST_PG_PORT": str(pg_port),
-        "DEVHOST_FUNCTION_KEY": FUNCTION_KEY,
-        "DEVHOST_MASTER_KEY": MASTER_KEY,
-        "DEVHOST_BLOB_POLL_INTERVAL_S": "0.2",
-        "DEVHOST_BLOB_RETRY_BACKOFF_S": "0.2",
-        "STRIPE_WEBHOOK_SECRETS": STRIPE_SECRET,
-        "QUICKBOOKS_WEBHOOK_VERIFIER_TOKENS": QUICKBOOKS_TOKEN,
-        "STRIPE_LIVEMODE": "false",
-    }
-    log_path = root / "devhost.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "devhost", "run", "--port", str(http_port)],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+class Devhost:
+    """``python -m devhost run`` as a subprocess on free ports, with its own Postgres and
+    Azurite in ``root``; it can be killed and started again on the same data."""
+
+    def __init__(self, root: Path, **settings: str) -> None:
+        self.root = root
+        http_port, pg_port, blob_port, queue_port = (free_port() for _ in range(4))
+        self.http_port = http_port
+        storage = (
+            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+            "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/"
+            f"KBHBeksoGMGw==;BlobEndpoint=http://127.0.0.1:{blob_port}/devstoreaccount1;"
+            f"QueueEndpoint=http://127.0.0.1:{queue_port}/devstoreaccount1;"
         )
-    running = App(
-        f"http://127.0.0.1:{http_port}",
-        database_url,
-        BlobServiceClient.from_connection_string(storage),
-        log_path,
-    )
-    try:
+        database_url = f"postgresql://postgres@127.0.0.1:{pg_port}/advisoros"
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "AzureWebJobsStorage": storage,
+            "DEVHOST_DATA_DIR": str(root / "data"),
+            "DEVHOST_PG_PORT": str(pg_port),
+            "DEVHOST_FUNCTION_KEY": FUNCTION_KEY,
+            "DEVHOST_MASTER_KEY": MASTER_KEY,
+            "DEVHOST_BLOB_POLL_INTERVAL_S": "0.2",
+            "DEVHOST_BLOB_RETRY_BACKOFF_S": "0.2",
+            "STRIPE_WEBHOOK_SECRETS": STRIPE_SECRET,
+            "QUICKBOOKS_WEBHOOK_VERIFIER_TOKENS": QUICKBOOKS_TOKEN,
+            "STRIPE_LIVEMODE": "false",
+            **settings,
+        }
+        self.app = App(
+            f"http://127.0.0.1:{http_port}",
+            database_url,
+            BlobServiceClient.from_connection_string(storage),
+            root / "devhost.log",
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.killed = False
+
+    def start(self) -> App:
+        """Start the host (again) and wait until it answers its health check."""
+        with self.app.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "devhost", "run", "--port", str(self.http_port)],
+                cwd=REPO,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
-            if proc.poll() is not None:
-                raise AssertionError("devhost exited at start:\n" + log_path.read_text())
+            if self.proc.poll() is not None:
+                raise AssertionError("devhost exited at start:\n" + self.log())
             try:
-                status, _ = running.call("GET", "/api/health", key=None)
+                status, _ = self.app.call("GET", "/api/health", key=None)
                 if status == 200:
-                    break
+                    self.killed = False
+                    return self.app
             except (urllib.error.URLError, ConnectionError):
                 pass
             if time.monotonic() > deadline:
-                raise AssertionError("devhost did not become healthy:\n" + log_path.read_text())
+                raise AssertionError("devhost did not become healthy:\n" + self.log())
             time.sleep(0.3)
-        yield running
-    finally:
-        proc.send_signal(signal.SIGINT)
+
+    def kill(self) -> None:
+        """SIGKILL the host process alone, as a crash would: its Postgres and Azurite live
+        on, and the next ``start`` adopts them."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        self.proc = None
+        self.killed = True
+
+    def stop(self) -> None:
+        """Stop the host and everything it started, as Ctrl-C does."""
+        if self.proc is None and self.killed:
+            # Only a host can stop the Postgres and Azurite a killed one left running.
+            self.start()
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(timeout=60)
+            self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def log(self) -> str:
+        return self.app.log_path.read_text(errors="replace")[-6000:]
+
+
+@pytest.fixture(scope="session")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
+    host = Devhost(tmp_path_factory.mktemp("devhost"))
+    try:
+        yield host.start()
+    finally:
+        host.stop()
