@@ -190,6 +190,31 @@ def test_keeps_formula_like_payees_as_plain_text(services, client_id):
     assert stored == (payee,)
 
 
+def test_keeps_text_that_copy_would_read_as_escapes(services, client_id):
+    payees = ["C:\\temp\\new \\N", "tab\there", "Caf\u00e9 \u00c4BC  gmbh"]
+    rows = "".join(f'2026-04-0{n + 1},"{p}",-1.00\n' for n, p in enumerate(payees))
+    outcome = ledger_import.import_blob(
+        drop(client_id, "escapes.csv", "Date,Description,Amount\n" + rows)
+    )
+
+    assert outcome.status == "imported", outcome.report
+    with psycopg.connect(services["DATABASE_URL"]) as conn:
+        stored = conn.execute(
+            "SELECT description FROM bank_transactions WHERE client_id = %s ORDER BY booked_on",
+            (client_id,),
+        ).fetchall()
+    assert [row[0] for row in stored] == payees
+
+
+def test_rows_differing_only_in_case_and_spacing_are_one_transaction(services, client_id):
+    first = "Date,Description,Amount\n2026-04-01,Caf\u00e9 \u00c4BC  GmbH,-1.00\n"
+    again = "Date,Description,Amount\n2026-04-01,caf\u00e9 \u00e4bc gmbh,-1.00\n"
+    ledger_import.import_blob(drop(client_id, "first.csv", first))
+    outcome = ledger_import.import_blob(drop(client_id, "again.csv", again))
+
+    assert (outcome.report["imported"], outcome.report["duplicates_skipped"]) == (0, 1)
+
+
 def test_the_same_file_dropped_twice_at_once_is_imported_once(services, client_id):
     rows = "".join(f"2026-05-{d:02d},Payment {d},-{d}.00\n" for d in range(1, 29))
     csv = "Date,Description,Amount\n" + rows
