@@ -18,3 +18,7 @@ app.register_functions(billing_bp)
 app.register_functions(imports_bp)
 app.register_functions(ops_bp)
 app.register_functions(intake_bp)
+
+from functions.documents import documents_bp  # noqa: E402 - appended with its capability
+
+app.register_functions(documents_bp)

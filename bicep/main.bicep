@@ -14,6 +14,8 @@ param containers array = [
   'ledger-imports'
   'ledger-reports'
   'ledger-quarantine'
+  'documents'
+  'documents-quarantine'
 ]
 
 module storage 'modules/storage.bicep' = {

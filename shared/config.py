@@ -19,6 +19,9 @@ LEDGER_IMPORTS_CONTAINER = "ledger-imports"
 LEDGER_REPORTS_CONTAINER = "ledger-reports"
 LEDGER_QUARANTINE_CONTAINER = "ledger-quarantine"
 CONTAINERS = (LEDGER_IMPORTS_CONTAINER, LEDGER_REPORTS_CONTAINER, LEDGER_QUARANTINE_CONTAINER)
+DOCUMENTS_CONTAINER = "documents"
+DOCUMENTS_QUARANTINE_CONTAINER = "documents-quarantine"
+CONTAINERS += (DOCUMENTS_CONTAINER, DOCUMENTS_QUARANTINE_CONTAINER)
 
 LEDGER_IMPORT_MAX_BYTES = 256 * 1024 * 1024
 LEDGER_DRY_RUN_MAX_BYTES = 50 * 1024 * 1024
@@ -36,6 +39,14 @@ OUTBOX_RELAY_MAX_ROUNDS = 20
 OUTBOX_BACKOFF_FIRST_S = 30
 OUTBOX_BACKOFF_MAX_S = 3600
 WEBHOOK_REPLAY_MAX_EVENTS = 1000
+
+DOCUMENTS_MAX_BYTES = 50 * 1024 * 1024
+DOCUMENTS_MAX_PAGES = 200
+DOCUMENTS_REVIEW_THRESHOLD = 0.80
+DOCINTEL_TIMEOUT_S = 120
+DOCINTEL_MAX_ATTEMPTS = 4
+DOCINTEL_BREAKER_FAILURES = 5
+DOCINTEL_BREAKER_RESET_S = 60
 
 # A comma-separated list in the environment; secrets stay out of reprs.
 SecretList = Annotated[tuple[str, ...], NoDecode]
@@ -130,12 +141,55 @@ class Settings(BaseSettings):
     )
     """Lowest level logged by the app's own loggers."""
 
+    documents_max_bytes: int = Field(
+        default=DOCUMENTS_MAX_BYTES, alias="DOCUMENTS_MAX_BYTES", gt=0
+    )
+    """Largest client document accepted, in bytes; larger files go to quarantine."""
+
+    documents_max_pages: int = Field(
+        default=DOCUMENTS_MAX_PAGES, alias="DOCUMENTS_MAX_PAGES", gt=0
+    )
+    """Most pages a client document may have; longer ones go to quarantine."""
+
+    documents_review_threshold: float = Field(
+        default=DOCUMENTS_REVIEW_THRESHOLD, alias="DOCUMENTS_REVIEW_THRESHOLD", ge=0, le=1
+    )
+    """Classification confidence (0-1) below which a document goes to the review list."""
+
+    documents_field_key: str | None = Field(default=None, alias="DOCUMENTS_FIELD_KEY", repr=False)
+    """Key that encrypts sensitive document fields at rest (tax ids, account numbers):
+    32 random bytes, URL-safe base64. Unset, documents with such fields cannot be stored."""
+
+    docintel_endpoint: str | None = Field(default=None, alias="DOCINTEL_ENDPOINT")
+    """Azure AI Document Intelligence endpoint (``https://<name>.cognitiveservices.azure.com``);
+    unset, documents are classified by the local classifier."""
+
+    docintel_key: str | None = Field(default=None, alias="DOCINTEL_KEY", repr=False)
+    """Document Intelligence API key; unset, the managed identity is used."""
+
+    docintel_classifier_id: str | None = Field(default=None, alias="DOCINTEL_CLASSIFIER_ID")
+    """Id of a custom Document Intelligence classifier; unset, the layout text decides."""
+
+    docintel_timeout_s: float = Field(default=DOCINTEL_TIMEOUT_S, alias="DOCINTEL_TIMEOUT_S", gt=0)
+    """Longest one analysis (submit and polling) may take, in seconds."""
+
     @field_validator("stripe_webhook_secrets", "quickbooks_webhook_verifier_tokens", mode="before")
     @classmethod
     def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @field_validator(
+        "documents_field_key",
+        "docintel_endpoint",
+        "docintel_key",
+        "docintel_classifier_id",
+        mode="before",
+    )
+    @classmethod
+    def _empty_setting_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("stripe_account_id", mode="before")
     @classmethod

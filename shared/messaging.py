@@ -13,6 +13,7 @@ from typing import Protocol
 
 STRIPE_EVENTS_QUEUE = "stripe-events"
 QUICKBOOKS_EVENTS_QUEUE = "quickbooks-events"
+DOCUMENT_EVENTS_QUEUE = "document-events"
 
 SERVICE_BUS_CONNECTION = "ServiceBusConnection"
 """Name of the connection setting the Service Bus triggers use (``connection=``)."""
@@ -38,6 +39,8 @@ QUEUES: Mapping[str, QueueSpec] = {
         QueueSpec(STRIPE_EVENTS_QUEUE, requires_session=True),
         # Per QuickBooks realm order.
         QueueSpec(QUICKBOOKS_EVENTS_QUEUE, requires_session=True),
+        # Documents classified or reviewed, for the engagement waiting on them.
+        QueueSpec(DOCUMENT_EVENTS_QUEUE, requires_session=False),
     )
 }
 
