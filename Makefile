@@ -58,3 +58,9 @@ queues: setup
 
 clean:
 	rm -rf $(VENV) node_modules .local .pytest_cache .mypy_cache .ruff_cache
+
+# The document pipeline benchmark: 500 PDFs through the blob trigger's handler to the
+# database against bare text extraction (options in DOCUMENTS_BENCH_ARGS).
+.PHONY: bench-documents
+bench-documents: setup
+	$(BIN)/python -m bench.documents_bench $(DOCUMENTS_BENCH_ARGS)

@@ -26,7 +26,12 @@ documents_bp = func.Blueprint()  # type: ignore[no-untyped-call]
 def document_dropped(blob: func.InputStream) -> None:
     """Hash, check, classify and store a client document, or quarantine it."""
     name = (blob.name or "").removeprefix(f"{DOCUMENTS_CONTAINER}/")
-    outcome = documents.intake_blob(name)
+    # The host hands over the bytes and their version: no second download.
+    etag = (getattr(blob, "blob_properties", None) or {}).get("ETag")
+    if etag:
+        outcome = documents.intake_bytes(name, blob.read(), str(etag))
+    else:
+        outcome = documents.intake_blob(name)
     log.info(
         "document %s: %s",
         name,

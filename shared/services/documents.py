@@ -8,6 +8,7 @@ row and its outbox event; a bad file leaves only its quarantine copy and intake 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -70,10 +71,8 @@ class _AlreadyDone(Exception):
 
 
 def intake_blob(blob_name: str) -> IntakeOutcome:
-    """Take in the blob ``documents/<blob_name>``: record it, classify it and store its
-    fields, or link it to the client's document with the same bytes, or quarantine it.
-
-    Safe to call again for the same blob version: the second call changes nothing.
+    """Take in the blob ``documents/<blob_name>``, reading it from storage; see
+    ``intake_bytes``, which the blob trigger calls with the bytes it was handed.
 
     Raises:
         UpstreamError: storage or the database failed; the caller should retry.
@@ -84,19 +83,41 @@ def intake_blob(blob_name: str) -> IntakeOutcome:
     except NotFound:
         log.warning("document blob gone before intake: %s", blob_name, extra={"blob": blob_name})
         return IntakeOutcome("already_processed")
-    data = buffer.getvalue()
+    return intake_bytes(blob_name, buffer.getvalue(), info.etag)
+
+
+def intake_bytes(blob_name: str, data: bytes, version: str) -> IntakeOutcome:
+    """Take in one version of the blob ``documents/<blob_name>``: record it, classify it and
+    store its fields, or link it to the client's document with the same bytes, or
+    quarantine it.
+
+    Safe to call again for the same blob version: the second call changes nothing.
+
+    Args:
+        blob_name: the path inside the container, ``<client id>/<file name>``.
+        data: the blob's exact bytes.
+        version: the blob version's ETag.
+
+    Raises:
+        UpstreamError: storage or the database failed; the caller should retry.
+    """
+    sha256 = hashlib.sha256(data).hexdigest()
     record = {
         "blob_name": blob_name,
-        "blob_version": info.etag,
-        "sha256": info.sha256,
-        "size_bytes": info.size,
+        "blob_version": version.strip('"'),
+        "sha256": sha256,
+        "size_bytes": len(data),
     }
-    if _intake_exists(blob_name, info.etag):
-        return IntakeOutcome("already_processed")
     settings = get_settings()
     try:
-        client_id = _client_of(blob_name)
-        duplicate = _existing_document(client_id, info.sha256)
+        client_id = _client_id_of(blob_name)
+        done, client_known, duplicate = _look_up(
+            blob_name, record["blob_version"], client_id, sha256
+        )
+        if done:
+            return IntakeOutcome("already_processed")
+        if not client_known:
+            raise Unreadable(f"unknown client {client_id}")
         if duplicate is not None:
             return _link_duplicate(client_id, duplicate, record)
         checked = inspect(
@@ -119,7 +140,7 @@ def classify(data: bytes, checked: Inspected) -> Classification:
     return classify_text(page_texts(data, checked.media_type, checked.reader))
 
 
-def _client_of(blob_name: str) -> uuid.UUID:
+def _client_id_of(blob_name: str) -> uuid.UUID:
     client_part, sep, file_name = blob_name.partition("/")
     if not sep or not file_name:
         raise Unreadable(
@@ -127,13 +148,28 @@ def _client_of(blob_name: str) -> uuid.UUID:
             f"{DOCUMENTS_CONTAINER}/<client id>/<file name>"
         )
     try:
-        client_id = uuid.UUID(client_part)
+        return uuid.UUID(client_part)
     except ValueError:
         raise Unreadable(f"unknown client {client_part!r}: not a client id") from None
+
+
+def _look_up(
+    blob_name: str, version: str, client_id: uuid.UUID, sha256: str
+) -> tuple[bool, bool, tuple[uuid.UUID, str] | None]:
+    """Whether this blob version was handled, whether the client exists, and the client's
+    document with the same bytes, in one round trip."""
     with postgres.transaction() as conn:
-        if conn.execute("SELECT 1 FROM clients WHERE id = %s", (client_id,)).fetchone() is None:
-            raise Unreadable(f"unknown client {client_part}")
-    return client_id
+        row = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM document_intake"
+            "               WHERE blob_name = %(name)s AND blob_version = %(version)s),"
+            " EXISTS (SELECT 1 FROM clients WHERE id = %(client)s),"
+            " d.id, d.doc_class"
+            " FROM (SELECT 1) one LEFT JOIN documents d"
+            " ON d.client_id = %(client)s AND d.sha256 = %(sha)s",
+            {"name": blob_name, "version": version, "client": client_id, "sha": sha256},
+        ).fetchone()
+    assert row is not None
+    return bool(row[0]), bool(row[1]), ((row[2], row[3]) if row[2] is not None else None)
 
 
 def _intake_exists(blob_name: str, version: str) -> bool:

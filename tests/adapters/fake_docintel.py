@@ -62,7 +62,7 @@ def _handler(fake: FakeDocIntel) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(payload)
 
-        def do_POST(self) -> None:  # noqa: N802 - the http.server hook's name
+        def do_POST(self) -> None:
             path, _, query = self.path.partition("?")
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             fake.keys_seen.add(self.headers.get("Ocp-Apim-Subscription-Key", ""))
@@ -84,7 +84,7 @@ def _handler(fake: FakeDocIntel) -> type[BaseHTTPRequestHandler]:
             )
             self._send(202, None, {"Operation-Location": location, "Retry-After": "0"})
 
-        def do_GET(self) -> None:  # noqa: N802 - the http.server hook's name
+        def do_GET(self) -> None:
             path = self.path.partition("?")[0]
             match = _RESULT.match(path)
             with fake.lock:
