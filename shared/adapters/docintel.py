@@ -196,7 +196,10 @@ def _service() -> Any:
                 credential = DefaultAzureCredential()
             # The SDK's own retries are off: ours below count attempts and log them.
             _client = DocumentIntelligenceClient(
-                settings.docintel_endpoint, credential, retry_total=0, api_version=API_VERSION
+                settings.docintel_endpoint or "",
+                credential,
+                retry_total=0,
+                api_version=API_VERSION,
             )
         return _client
 
@@ -254,7 +257,8 @@ def _call(operation: str, fn: Callable[[], T]) -> T:
     def attempt() -> T:
         attempts["n"] += 1
         try:
-            return breaker.call(_translated, operation, fn, attempts["n"])
+            result: T = breaker.call(_translated, operation, fn, attempts["n"])
+            return result
         except pybreaker.CircuitBreakerError:
             raise UpstreamError(
                 "Document Intelligence is failing; calls are paused (circuit open)",
@@ -287,7 +291,7 @@ def _translated(operation: str, fn: Callable[[], T], attempt: int) -> T:
 
 
 def _upstream_from(exc: HttpResponseError, operation: str, status: int | None) -> UpstreamError:
-    headers: Mapping[str, str] = exc.response.headers if exc.response is not None else {}
+    headers: Mapping[str, str] = getattr(exc.response, "headers", None) or {}
     retryable = status == 429 or (status is not None and status >= 500)
     error = UpstreamError(
         f"document {operation} answered {status}: {exc.message}",

@@ -6,12 +6,12 @@ and says so: every answer carries ``classifier="local"`` and ``LOCAL_CLASSIFIER_
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal, InvalidOperation
 
-from shared.domain.documents import Classification, ExtractedField, FieldKind
+from shared.domain.documents import Classification, ExtractedField
 from shared.domain.money import to_minor
 from shared.errors import ValidationError
 
@@ -137,6 +137,9 @@ _TITLE_WORDS = re.compile(
 class _Page:
     number: int
     text: str
+
+
+_Extractor = Callable[[Sequence[_Page]], list[ExtractedField]]
 
 
 def classify_text(pages: Sequence[str]) -> Classification:
@@ -382,8 +385,6 @@ def _pay_stub(doc: Sequence[_Page]) -> list[ExtractedField]:
     ]
 
 
-_Extractor = type(_w2)
-
 _EXTRACTORS = {
     "w2": _w2,
     "1099-nec": _form_1099("nonemployee_compensation", r"nonemployee compensation"),
@@ -430,7 +431,3 @@ def parse_date(text: str) -> date | None:
     except (ValueError, KeyError):
         return None
     return None
-
-
-__all__ = ["LOCAL_CLASSIFIER", "LOCAL_CLASSIFIER_VERSION", "classify_text", "parse_amount"]
-_ = FieldKind

@@ -58,6 +58,6 @@ def _ocr_pdf_page_images(page: object) -> str:
 
 
 def _ocr(image: object) -> str:
-    import pytesseract
+    import pytesseract  # type: ignore[import-untyped]
 
     return str(pytesseract.image_to_string(image))

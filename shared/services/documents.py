@@ -15,7 +15,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 
@@ -30,6 +30,7 @@ from shared.domain.documents import (
     SENSITIVE_FIELDS,
     Classification,
     ExtractedField,
+    FieldKind,
     mask,
 )
 from shared.domain.money import exponent, normalise_currency, to_minor
@@ -102,9 +103,10 @@ def intake_bytes(blob_name: str, data: bytes, version: str) -> IntakeOutcome:
         UpstreamError: storage or the database failed; the caller should retry.
     """
     sha256 = hashlib.sha256(data).hexdigest()
-    record = {
+    version = version.strip('"')
+    record: dict[str, Any] = {
         "blob_name": blob_name,
-        "blob_version": version.strip('"'),
+        "blob_version": version,
         "sha256": sha256,
         "size_bytes": len(data),
     }
@@ -616,7 +618,7 @@ def _reviewed_field(name: str, value: Any, current: dict[str, Any] | None) -> Ex
         if parsed is None:
             raise ValidationError(f'{where}: {value!r} is not a date such as "2025-03-31"')
         return ExtractedField(name, "date", parsed.isoformat(), 1.0)
-    return ExtractedField(name, kind, value.strip(), 1.0)
+    return ExtractedField(name, cast(FieldKind, kind), value.strip(), 1.0)
 
 
 def _kind_of(name: str, value: Any) -> str:
