@@ -123,6 +123,9 @@ _MONTHS = {
     )
 }
 
+# Limitation: a value is read only after its label, on the same line or the next; a text
+# layer that lists every label before every value, or a value before its label, gives
+# wrong or no fields (the class still comes from the phrases).
 # How far after a label its value may be, in characters (the rest of the line and the next).
 _VALUE_WINDOW = 120
 

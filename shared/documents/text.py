@@ -24,6 +24,9 @@ def ocr_available() -> bool:
     return shutil.which("tesseract") is not None
 
 
+# Limitation: without a tesseract binary a scanned page has no text, so a scan comes out
+# "other" and waits for review; OCR reads the images embedded in a PDF page, not a render
+# of the page, so text drawn over an image is read from the text layer only.
 def page_texts(data: bytes, media_type: str, reader: PdfReader | None) -> list[str]:
     """Each page's text, in order; a page with no text layer is OCR'd if Tesseract is
     installed, else left empty."""
