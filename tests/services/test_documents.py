@@ -338,3 +338,29 @@ def test_a_document_of_another_client_is_not_found(services, firm, client_id):
 
     with pytest.raises(NotFound):
         documents.get_document(other, outcome.document_id)
+
+
+def test_row_security_shows_a_client_only_its_own_documents(services, firm, client_id):
+    from shared.services import clients
+
+    other = clients.create_client(firm, "Other", base_currency="USD")
+    documents.intake_blob(drop(client_id, "w2.pdf", w2_pdf(16)[0]))
+    documents.intake_blob(drop(other, "w2.pdf", w2_pdf(17)[0]))
+    role = f"portal_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(services["DATABASE_URL"], autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} NOLOGIN NOBYPASSRLS")
+        conn.execute(
+            f"GRANT SELECT ON documents, document_fields, document_intake, clients TO {role}"
+        )
+    with psycopg.connect(services["DATABASE_URL"]) as conn:
+        conn.execute(f"SET ROLE {role}")
+        conn.execute("SELECT set_config('app.client_id', %s, true)", (str(client_id),))
+        seen = {
+            table: conn.execute(f"SELECT DISTINCT client_id FROM {table}").fetchall()
+            for table in ("documents", "document_fields", "document_intake")
+        }
+        conn.rollback()
+        conn.execute(f"SET ROLE {role}")
+        nothing = conn.execute("SELECT count(*) FROM documents").fetchone()
+    assert seen == {table: [(client_id,)] for table in seen}
+    assert nothing == (0,)
