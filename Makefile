@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.requirements-installed
 NODE_STAMP := node_modules/.package-lock-installed
 
-.PHONY: setup run test lint format bench bench-webhooks queues clean
+.PHONY: setup run test lint format bench bench-webhooks queues clean deploy
 
 setup: $(PY_STAMP) $(NODE_STAMP) local.settings.json
 
@@ -55,6 +55,11 @@ bench-webhooks: setup
 # The Bicep queue definitions, from the one table in shared/messaging.py.
 queues: setup
 	$(BIN)/python -m shared.messaging > bicep/queues.json
+
+# What-if, deploy and publish to one environment (ENV=dev or ENV=prod); see docs/operations.md.
+deploy:
+	@test -n "$(ENV)" || { echo "usage: make deploy ENV=dev|prod" >&2; exit 2; }
+	scripts/deploy.sh $(ENV)
 
 clean:
 	rm -rf $(VENV) node_modules .local .pytest_cache .mypy_cache .ruff_cache
