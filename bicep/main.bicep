@@ -66,22 +66,20 @@ var secretNames = {
   quickbooksVerifierTokens: 'quickbooks-webhook-verifier-tokens'
 }
 
-func keyVaultRef(vault string, secret string) string =>
-  '@Microsoft.KeyVault(VaultName=${vault};SecretName=${secret})'
+var vaultName = 'kv-aos-${environmentName}-${take(suffix, 8)}'
+// A Key Vault reference is this prefix, the secret name and ')'.
+var vaultRef = '@Microsoft.KeyVault(VaultName=${vaultName};SecretName='
 
 // The app's settings: every field of shared/config.py's Settings, by its alias. Secrets are
 // Key Vault references only. A new setting in the code is one new line here (a test checks).
 // The connection-string forms (AzureWebJobsStorage, ServiceBusConnection) are for local runs
 // only: in Azure the identity-based forms below are used.
 var appSettings = {
-  DATABASE_URL: keyVaultRef(keyVault.outputs.name, secretNames.databaseUrl)
+  DATABASE_URL: '${vaultRef}${secretNames.databaseUrl})'
   AzureWebJobsStorage__accountName: storage.outputs.name
   ServiceBusConnection__fullyQualifiedNamespace: serviceBus.outputs.fullyQualifiedNamespace
-  STRIPE_WEBHOOK_SECRETS: keyVaultRef(keyVault.outputs.name, secretNames.stripeWebhookSecrets)
-  QUICKBOOKS_WEBHOOK_VERIFIER_TOKENS: keyVaultRef(
-    keyVault.outputs.name,
-    secretNames.quickbooksVerifierTokens
-  )
+  STRIPE_WEBHOOK_SECRETS: '${vaultRef}${secretNames.stripeWebhookSecrets})'
+  QUICKBOOKS_WEBHOOK_VERIFIER_TOKENS: '${vaultRef}${secretNames.quickbooksVerifierTokens})'
   STRIPE_WEBHOOK_TOLERANCE_S: '300'
   STRIPE_LIVEMODE: string(stripeLivemode)
   STRIPE_ACCOUNT_ID: stripeAccountId
@@ -127,8 +125,9 @@ module serviceBus 'modules/servicebus.bicep' = {
 module keyVault 'modules/keyvault.bicep' = {
   name: 'keyvault'
   params: {
-    name: 'kv-aos-${environmentName}-${take(suffix, 8)}'
+    name: vaultName
     location: location
+    secretNames: secretNames
     workspaceId: monitoring.outputs.workspaceId
   }
 }
@@ -211,7 +210,7 @@ module alerts 'modules/alerts.bicep' = {
 
 output functionAppName string = functionApp.outputs.name
 output functionAppHostName string = functionApp.outputs.defaultHostName
-output apiHostName string = enableFrontDoor ? frontDoor!.outputs.hostName : functionApp.outputs.defaultHostName
+output apiHostName string = enableFrontDoor ? frontDoor.outputs.hostName : functionApp.outputs.defaultHostName
 output storageAccountName string = storage.outputs.name
 output deploymentContainer string = deploymentContainer
 output serviceBusNamespace string = serviceBus.outputs.fullyQualifiedNamespace

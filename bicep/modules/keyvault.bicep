@@ -15,9 +15,17 @@ param location string
 @description('Log Analytics workspace that receives the diagnostic settings.')
 param workspaceId string
 
-@description('Secret names the app reads, each with the value to store. An empty value declares nothing: the secret is set by hand (`az keyvault secret set`), so no value lives in a template or parameter file.')
+@description('Names of the secrets the app reads (see main.bicep).')
+param secretNames object
+
+// Values to store, each optional: an empty value writes nothing and the secret is set by hand
+// (`az keyvault secret set`, docs/operations.md), so no value need live in a parameter file.
 @secure()
-param secretValues object = {}
+param databaseUrl string = ''
+@secure()
+param stripeWebhookSecrets string = ''
+@secure()
+param quickbooksVerifierTokens string = ''
 
 @description('Days until a stored secret expires and must be rotated.')
 param secretLifetimeDays int = 180
@@ -42,20 +50,37 @@ resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
   }
 }
 
-resource secrets 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = [
-  for secret in filter(items(secretValues), s => !empty(s.value)): {
-    parent: vault
-    name: secret.key
-    properties: {
-      value: secret.value
-      contentType: 'text/plain'
-      attributes: {
-        enabled: true
-        exp: dateTimeToEpoch(dateTimeAdd(now, 'P${secretLifetimeDays}D'))
-      }
-    }
+var expires = dateTimeToEpoch(dateTimeAdd(now, 'P${secretLifetimeDays}D'))
+
+resource databaseUrlSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(databaseUrl)) {
+  parent: vault
+  name: secretNames.databaseUrl
+  properties: {
+    value: databaseUrl
+    contentType: 'text/plain'
+    attributes: { enabled: true, exp: expires }
   }
-]
+}
+
+resource stripeSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(stripeWebhookSecrets)) {
+  parent: vault
+  name: secretNames.stripeWebhookSecrets
+  properties: {
+    value: stripeWebhookSecrets
+    contentType: 'text/plain'
+    attributes: { enabled: true, exp: expires }
+  }
+}
+
+resource quickbooksSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(quickbooksVerifierTokens)) {
+  parent: vault
+  name: secretNames.quickbooksVerifierTokens
+  properties: {
+    value: quickbooksVerifierTokens
+    contentType: 'text/plain'
+    attributes: { enabled: true, exp: expires }
+  }
+}
 
 resource vaultDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
   name: 'to-log-analytics'

@@ -83,10 +83,7 @@ resource keyVaultAssignment 'Microsoft.Authorization/roleAssignments@2022-04-01'
   properties: {
     principalId: principalId
     principalType: 'ServicePrincipal'
-    roleDefinitionId: subscriptionResourceId(
-      'Microsoft.Authorization/roleDefinitions',
-      roles.keyVaultSecretsUser
-    )
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsUser)
   }
 }
 
@@ -96,10 +93,7 @@ resource docIntelAssignment 'Microsoft.Authorization/roleAssignments@2022-04-01'
   properties: {
     principalId: principalId
     principalType: 'ServicePrincipal'
-    roleDefinitionId: subscriptionResourceId(
-      'Microsoft.Authorization/roleDefinitions',
-      roles.cognitiveServicesUser
-    )
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.cognitiveServicesUser)
   }
 }
 
@@ -109,9 +103,6 @@ resource telemetryAssignment 'Microsoft.Authorization/roleAssignments@2022-04-01
   properties: {
     principalId: principalId
     principalType: 'ServicePrincipal'
-    roleDefinitionId: subscriptionResourceId(
-      'Microsoft.Authorization/roleDefinitions',
-      roles.monitoringMetricsPublisher
-    )
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.monitoringMetricsPublisher)
   }
 }

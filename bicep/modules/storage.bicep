@@ -19,7 +19,8 @@ param workspaceId string
 resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   name: take(toLower(name), 24)
   location: location
-  sku: { name: 'Standard_LRS' }
+  // Geo-zone-redundant: imported files and their reports survive a zone or a region outage.
+  sku: { name: 'Standard_GZRS' }
   kind: 'StorageV2'
   properties: {
     minimumTlsVersion: 'TLS1_2'
