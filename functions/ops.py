@@ -138,6 +138,12 @@ def resubmit_dead_letters(req: func.HttpRequest) -> func.HttpResponse:
         return from_error(exc)
 
 
+@ops_bp.timer_trigger(arg_name="timer", schedule=dead_letters.DEPTH_SCHEDULE, use_monitor=False)
+def dead_letter_depth(timer: func.TimerRequest) -> None:
+    """Record each queue's dead-letter depth as a metric, every five minutes."""
+    dead_letters.measure()
+
+
 def _dead_letter_json(dead: DeadLetter) -> dict[str, Any]:
     try:
         body: dict[str, str] = {"body": dead.body.decode("utf-8")}

@@ -15,16 +15,15 @@ from typing import Any
 import azure.functions as func
 import pytest
 from azure.functions.servicebus import ServiceBusMessage
-from opentelemetry import metrics, trace
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from shared.messaging import STRIPE_EVENTS_QUEUE, OutboundMessage
 from shared.services import billing, ledger
 from tests.services import stripe_events as se
+from tests.telemetry_support import points, providers
 from tests.webhook_support import (
     TRACEPARENT,
     RecordingSender,
@@ -37,19 +36,12 @@ pytestmark = pytest.mark.usefixtures("webhook_settings")
 TRACE_ID = int(TRACEPARENT.split("-")[1], 16)
 HOST_SPAN_ID = int(TRACEPARENT.split("-")[2], 16)
 
-_READER = InMemoryMetricReader()
-
 
 @pytest.fixture(scope="module")
 def spans() -> Iterator[InMemorySpanExporter]:
     """Finished spans of this module's tests (the SDK provider stays for the process)."""
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-        metrics.set_meter_provider(MeterProvider(metric_readers=[_READER]))
     exporter = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    providers().add_span_processor(SimpleSpanProcessor(exporter))
     yield exporter
     exporter.shutdown()
 
@@ -220,16 +212,9 @@ def test_accepted_and_duplicate_events_are_counted(
 
 
 def _webhook_counts() -> dict[str, int]:
-    data = _READER.get_metrics_data()
     counts: dict[str, int] = {}
-    for resource in data.resource_metrics if data else []:
-        for scope in resource.scope_metrics:
-            for metric in scope.metrics:
-                if metric.name != "advisoros.webhook.events":
-                    continue
-                for point in metric.data.data_points:
-                    attributes = dict(point.attributes or {})
-                    if attributes.get("source") == "stripe":
-                        outcome = str(attributes["outcome"])
-                        counts[outcome] = counts.get(outcome, 0) + int(point.value)
+    for attributes, value in points("advisoros.webhook.events"):
+        if attributes.get("source") == "stripe":
+            outcome = str(attributes["outcome"])
+            counts[outcome] = counts.get(outcome, 0) + int(value)
     return counts
