@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.requirements-installed
 NODE_STAMP := node_modules/.package-lock-installed
 
-.PHONY: setup run test lint format bench bench-webhooks queues clean deploy checkov
+.PHONY: setup run test lint format bench bench-webhooks queues clean deploy checkov gameday
 
 setup: $(PY_STAMP) $(NODE_STAMP) local.settings.json
 
@@ -72,6 +72,10 @@ checkov: $(CHECKOV_VENV)/.installed
 deploy:
 	@test -n "$(ENV)" || { echo "usage: make deploy ENV=dev|prod" >&2; exit 2; }
 	scripts/deploy.sh $(ENV)
+
+# Faults on a devhost of its own while Stripe events flow in; see docs/operations.md.
+gameday: setup
+	$(BIN)/python scripts/gameday.py $(GAMEDAY_ARGS)
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) dist node_modules .local .pytest_cache .mypy_cache .ruff_cache

@@ -1,5 +1,10 @@
 // Azure Front Door (Premium, for the managed WAF rule sets) with a WAF policy in front of the
 // app's HTTP API: Microsoft's default rule set, the bot rule set and a per-client rate limit.
+//
+// Limitation: the Function App still answers on its own host name, so a caller who knows it
+// bypasses the WAF; restricting the app to the AzureFrontDoor.Backend service tag and this
+// profile's X-Azure-FDID header would close that, and would also make webhook senders go
+// through Front Door.
 
 param name string
 
