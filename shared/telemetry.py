@@ -229,7 +229,12 @@ def producer_span(queue: str, message_count: int) -> Iterator[None]:
 
 @contextmanager
 def database_span(operation: str) -> Iterator[None]:
-    """Run a block of Postgres work as one client span of the current trace."""
+    """Run a block of Postgres work as one client span of the current trace.
+
+    azure-monitor-opentelemetry instruments psycopg2 but not psycopg 3, hence this span;
+    calls made through the Azure SDKs and ``requests`` get their spans from its own
+    instrumentations once ``configure`` has switched it on.
+    """
     tracer = trace.get_tracer(_TRACER)
     with tracer.start_as_current_span(
         f"postgres {operation}",
