@@ -43,6 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 STRIPE_SECRET = "whsec_gameday"
 MASTER_KEY = "gameday-master-key"
 START_TIMEOUT_S = 120
+START_ATTEMPTS = 3
 # A message the killed host held comes back when its 60 s lock expires.
 APPLY_TIMEOUT_S = 300
 FAULT_HOLD_S = 3.0
@@ -84,7 +85,18 @@ class Host:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        """Start the host (and whatever of its services is down); wait for /api/health."""
+        """Start the host (and whatever of its services is down); wait for /api/health.
+
+        A host that exits while starting is started again, up to three times in all, as an
+        operator would: on a loaded machine Azurite can miss the host's start-up deadline.
+        """
+        for attempt in range(1, START_ATTEMPTS + 1):
+            if self._start_once():
+                return
+            print(f"the devhost exited while starting (attempt {attempt})", flush=True)
+        raise SystemExit(f"the devhost did not start; see {self.root / 'devhost.log'}")
+
+    def _start_once(self) -> bool:
         with (self.root / "devhost.log").open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "devhost", "run", "--port", str(self.port)],
@@ -95,9 +107,14 @@ class Host:
             )
         deadline = time.monotonic() + START_TIMEOUT_S
         while call(self, "GET", "/api/health")[0] != 200:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("the devhost did not start; see " + str(self.root))
+            if self.proc.poll() is not None:
+                self.proc = None
+                return False
+            if time.monotonic() > deadline:
+                self.kill()
+                return False
             time.sleep(0.3)
+        return True
 
     def kill(self) -> None:
         """SIGKILL the host alone, as a crash would."""
