@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.requirements-installed
 NODE_STAMP := node_modules/.package-lock-installed
 
-.PHONY: setup run test lint format bench bench-webhooks queues clean
+.PHONY: setup run test lint format bench bench-webhooks queues clean deploy checkov gameday
 
 setup: $(PY_STAMP) $(NODE_STAMP) local.settings.json
 
@@ -56,11 +56,32 @@ bench-webhooks: setup
 queues: setup
 	$(BIN)/python -m shared.messaging > bicep/queues.json
 
-clean:
-	rm -rf $(VENV) node_modules .local .pytest_cache .mypy_cache .ruff_cache
+# Checkov's Bicep checks, with the skips and their reasons in .checkov.yaml. Checkov lives in
+# a virtual environment of its own: its pins conflict with requirements-dev.txt.
+CHECKOV_VENV := .venv-checkov
+
+$(CHECKOV_VENV)/.installed: requirements-checkov.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-checkov.txt
+	touch $@
+
+checkov: $(CHECKOV_VENV)/.installed
+	$(CHECKOV_VENV)/bin/checkov --config-file .checkov.yaml --quiet
+
+# What-if, deploy and publish to one environment (ENV=dev or ENV=prod); see docs/operations.md.
+deploy:
+	@test -n "$(ENV)" || { echo "usage: make deploy ENV=dev|prod" >&2; exit 2; }
+	scripts/deploy.sh $(ENV)
+
+# Faults on a devhost of its own while Stripe events flow in; see docs/operations.md.
+gameday: setup
+	$(BIN)/python scripts/gameday.py $(GAMEDAY_ARGS)
 
 # The document pipeline benchmark: 500 PDFs through the blob trigger's handler to the
 # database against bare text extraction (options in DOCUMENTS_BENCH_ARGS).
 .PHONY: bench-documents
 bench-documents: setup
 	$(BIN)/python -m bench.documents_bench $(DOCUMENTS_BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) $(CHECKOV_VENV) dist node_modules .local .pytest_cache .mypy_cache .ruff_cache

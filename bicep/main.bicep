@@ -1,6 +1,5 @@
-// AdvisorOS infrastructure. One module per resource family; this file wires them together.
-// Storage and Service Bus are declared so far; the other families join as their capabilities
-// land.
+// AdvisorOS infrastructure. One module per resource family; this file wires them together and
+// holds the app settings, listed once, below.
 
 @description('Environment name, used in resource names (dev, prod).')
 @allowed(['dev', 'prod'])
@@ -18,22 +17,206 @@ param containers array = [
   'documents-quarantine'
 ]
 
+@description('Address the alerts are sent to.')
+param alertEmail string
+
+@description('Put Azure Front Door with a WAF policy in front of the HTTP API.')
+param enableFrontDoor bool = false
+
+@description('Postgres compute size and tier.')
+param postgresSkuName string = 'Standard_B2ms'
+@allowed(['Burstable', 'GeneralPurpose', 'MemoryOptimized'])
+param postgresSkuTier string = 'Burstable'
+
+@description('A zone-redundant standby for Postgres.')
+param postgresHighAvailability bool = false
+
+@description('Days of Postgres point-in-time restore.')
+param postgresBackupRetentionDays int = 14
+
+@description('Keep Postgres backups in the paired region as well.')
+param postgresGeoRedundantBackup bool = false
+
+@description('Subnet delegated to Postgres for private access; empty for public access limited to Azure services.')
+param postgresDelegatedSubnetId string = ''
+
+@description('Private DNS zone for Postgres private access.')
+param postgresPrivateDnsZoneId string = ''
+
+@description('Password of the Postgres administrator (from the deploying environment).')
+@secure()
+param postgresAdminPassword string
+
+@description('Object id and name of the Microsoft Entra group that administers Postgres.')
+param postgresEntraAdminObjectId string = ''
+param postgresEntraAdminName string = ''
+
+@description('Whether a Stripe event with livemode true is accepted (prod) or refused (dev).')
+param stripeLivemode bool = false
+
+@description('The deployment\'s own Stripe account id (acct_...), or empty.')
+param stripeAccountId string = ''
+
+var suffix = uniqueString(resourceGroup().id)
+var stem = 'advisoros-${environmentName}-${take(suffix, 6)}'
+var deploymentContainer = 'app-package'
+
+// Key Vault secret names; the app settings below refer to them.
+var secretNames = {
+  databaseUrl: 'database-url'
+  stripeWebhookSecrets: 'stripe-webhook-secrets'
+  quickbooksVerifierTokens: 'quickbooks-webhook-verifier-tokens'
+}
+
+var vaultName = 'kv-aos-${environmentName}-${take(suffix, 8)}'
+// A Key Vault reference is this prefix, the secret name and ')'.
+var vaultRef = '@Microsoft.KeyVault(VaultName=${vaultName};SecretName='
+
+// The app's settings: every field of shared/config.py's Settings, by its alias. Secrets are
+// Key Vault references only. A new setting in the code is one new line here (a test checks).
+// The connection-string forms (AzureWebJobsStorage, ServiceBusConnection) are for local runs
+// only: in Azure the identity-based forms below are used.
+var appSettings = {
+  DATABASE_URL: '${vaultRef}${secretNames.databaseUrl})'
+  AzureWebJobsStorage__accountName: storage.outputs.name
+  ServiceBusConnection__fullyQualifiedNamespace: serviceBus.outputs.fullyQualifiedNamespace
+  STRIPE_WEBHOOK_SECRETS: '${vaultRef}${secretNames.stripeWebhookSecrets})'
+  QUICKBOOKS_WEBHOOK_VERIFIER_TOKENS: '${vaultRef}${secretNames.quickbooksVerifierTokens})'
+  STRIPE_WEBHOOK_TOLERANCE_S: '300'
+  STRIPE_LIVEMODE: string(stripeLivemode)
+  STRIPE_ACCOUNT_ID: stripeAccountId
+  WEBHOOK_MAX_BYTES: '1048576'
+  OUTBOX_RELAY_SCHEDULE: '*/30 * * * * *'
+  LEDGER_IMPORT_MAX_BYTES: '268435456'
+  LEDGER_DRY_RUN_MAX_BYTES: '52428800'
+  DB_POOL_MAX_SIZE: '4'
+  DB_STATEMENT_TIMEOUT_S: '600'
+  DB_POOL_TIMEOUT_S: '30'
+  LOG_LEVEL: 'INFO'
+}
+
+module monitoring 'modules/monitoring.bicep' = {
+  name: 'monitoring'
+  params: {
+    name: stem
+    location: location
+    retentionDays: environmentName == 'prod' ? 365 : 30
+  }
+}
+
 module storage 'modules/storage.bicep' = {
   name: 'storage'
   params: {
-    name: 'advisoros${environmentName}${uniqueString(resourceGroup().id)}'
+    name: 'advisoros${environmentName}${suffix}'
     location: location
     containers: containers
+    deploymentContainer: deploymentContainer
+    workspaceId: monitoring.outputs.workspaceId
   }
 }
 
 module serviceBus 'modules/servicebus.bicep' = {
   name: 'servicebus'
   params: {
-    name: 'advisoros-${environmentName}-${uniqueString(resourceGroup().id)}'
+    name: 'advisoros-${environmentName}-${suffix}'
     location: location
+    workspaceId: monitoring.outputs.workspaceId
   }
 }
 
+module keyVault 'modules/keyvault.bicep' = {
+  name: 'keyvault'
+  params: {
+    name: vaultName
+    location: location
+    secretNames: secretNames
+    workspaceId: monitoring.outputs.workspaceId
+  }
+}
+
+module postgres 'modules/postgres.bicep' = {
+  name: 'postgres'
+  params: {
+    name: 'psql-${stem}'
+    location: location
+    workspaceId: monitoring.outputs.workspaceId
+    skuName: postgresSkuName
+    skuTier: postgresSkuTier
+    highAvailability: postgresHighAvailability
+    backupRetentionDays: postgresBackupRetentionDays
+    geoRedundantBackup: postgresGeoRedundantBackup
+    delegatedSubnetId: postgresDelegatedSubnetId
+    privateDnsZoneId: postgresPrivateDnsZoneId
+    administratorLoginPassword: postgresAdminPassword
+    entraAdminObjectId: postgresEntraAdminObjectId
+    entraAdminName: postgresEntraAdminName
+  }
+}
+
+module docIntel 'modules/docintel.bicep' = {
+  name: 'docintel'
+  params: {
+    name: 'di-${stem}'
+    location: location
+    workspaceId: monitoring.outputs.workspaceId
+  }
+}
+
+module functionApp 'modules/functionapp.bicep' = {
+  name: 'functionapp'
+  params: {
+    name: 'func-${stem}'
+    location: location
+    workspaceId: monitoring.outputs.workspaceId
+    storageAccountName: storage.outputs.name
+    blobEndpoint: storage.outputs.blobEndpoint
+    deploymentContainer: deploymentContainer
+    appInsightsName: monitoring.outputs.appInsightsName
+    appSettings: appSettings
+    maximumInstanceCount: environmentName == 'prod' ? 100 : 20
+  }
+}
+
+module roles 'modules/roles.bicep' = {
+  name: 'roles'
+  params: {
+    principalId: functionApp.outputs.principalId
+    storageAccountName: storage.outputs.name
+    serviceBusName: serviceBus.outputs.name
+    keyVaultName: keyVault.outputs.name
+    docIntelName: docIntel.outputs.name
+    appInsightsName: monitoring.outputs.appInsightsName
+  }
+}
+
+module frontDoor 'modules/frontdoor.bicep' = if (enableFrontDoor) {
+  name: 'frontdoor'
+  params: {
+    name: stem
+    originHostName: functionApp.outputs.defaultHostName
+    workspaceId: monitoring.outputs.workspaceId
+  }
+}
+
+module alerts 'modules/alerts.bicep' = {
+  name: 'alerts'
+  params: {
+    name: stem
+    location: location
+    alertEmail: alertEmail
+    serviceBusId: serviceBus.outputs.id
+    appInsightsId: monitoring.outputs.appInsightsId
+    postgresId: postgres.outputs.id
+  }
+}
+
+output functionAppName string = functionApp.outputs.name
+output functionAppHostName string = functionApp.outputs.defaultHostName
+output apiHostName string = enableFrontDoor ? frontDoor.outputs.hostName : functionApp.outputs.defaultHostName
 output storageAccountName string = storage.outputs.name
+output deploymentContainer string = deploymentContainer
 output serviceBusNamespace string = serviceBus.outputs.fullyQualifiedNamespace
+output keyVaultName string = keyVault.outputs.name
+output keyVaultSecretNames object = secretNames
+output postgresHost string = postgres.outputs.host
+output documentIntelligenceEndpoint string = docIntel.outputs.endpoint

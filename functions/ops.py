@@ -25,6 +25,17 @@ def health_check(req: func.HttpRequest) -> func.HttpResponse:
     return json_response(result, status=200 if result["status"] == "ok" else 503)
 
 
+@ops_bp.route(route="ready", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def readiness(req: func.HttpRequest) -> func.HttpResponse:
+    """Report whether the database, storage and Service Bus are reachable: 200, or 503
+    naming each one that is down."""
+    result = health.ready()
+    if result["down"]:
+        result["detail"] = "not ready: " + ", ".join(result["down"]) + " unreachable"
+        return json_response(result, status=503)
+    return json_response(result)
+
+
 @ops_bp.route(route="health/live", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def liveness(req: func.HttpRequest) -> func.HttpResponse:
     """Answer 200 while the worker serves requests, touching no dependency (liveness)."""
@@ -125,6 +136,12 @@ def resubmit_dead_letters(req: func.HttpRequest) -> func.HttpResponse:
         )
     except AdvisorError as exc:
         return from_error(exc)
+
+
+@ops_bp.timer_trigger(arg_name="timer", schedule=dead_letters.DEPTH_SCHEDULE, use_monitor=False)
+def dead_letter_depth(timer: func.TimerRequest) -> None:
+    """Record each queue's dead-letter depth as a metric, every five minutes."""
+    dead_letters.measure()
 
 
 def _dead_letter_json(dead: DeadLetter) -> dict[str, Any]:

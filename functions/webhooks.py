@@ -38,7 +38,8 @@ class _SenderOnFirstSend:
     cannot be built fails a hand-off (which the relay repeats), never a delivery."""
 
     def send(self, queue: str, messages: Sequence[OutboundMessage]) -> None:
-        _sender().send(queue, messages)
+        with telemetry.producer_span(queue, len(messages)):
+            _sender().send(queue, messages)
 
 
 @intake_bp.route(route="webhooks/stripe", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
@@ -102,10 +103,17 @@ def _intake(
         return _too_large(limit)
 
     headers = _lower(req.headers)
+    with telemetry.request_span(
+        f"POST /api/webhooks/{source}", _traceparent(req, context), {"webhook.source": source}
+    ) as traceparent:
+        return _accept(body, headers, source, accept, traceparent)
+
+
+def _accept(
+    body: bytes, headers: dict[str, str], source: str, accept: Accept, traceparent: str
+) -> func.HttpResponse:
     try:
-        receipt = accept(
-            body, headers, _SenderOnFirstSend(), traceparent=_traceparent(req, context)
-        )
+        receipt = accept(body, headers, _SenderOnFirstSend(), traceparent=traceparent)
     except ConfigError as exc:
         log.error("%s webhook refused: %s", source, exc, extra={"source": source})
         return problem(503, "Service unavailable", "webhook verification is not configured")
@@ -114,6 +122,7 @@ def _intake(
         return from_error(exc)
     except AdvisorError as exc:
         return from_error(exc)
+    telemetry.record_webhook(source, duplicate=receipt.duplicate)
     return json_response({"received": True, "duplicate": receipt.duplicate})
 
 

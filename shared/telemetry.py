@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 from opentelemetry.propagate import extract
 
 from shared.config import Settings
@@ -40,6 +40,37 @@ STRUCTURED_FIELDS = (
 )
 
 _configured = False
+
+_TRACER = "advisoros"
+_meter = metrics.get_meter("advisoros")
+
+# The app's own metrics. Instruments made now bind to the meter provider set up later
+# (Application Insights in Azure, an in-memory reader in tests); with none, they cost nothing.
+_webhook_events = _meter.create_counter(
+    "advisoros.webhook.events",
+    unit="{event}",
+    description="Webhook events received, by source and outcome (accepted, duplicate).",
+)
+_import_rows = _meter.create_counter(
+    "advisoros.ledger_import.rows",
+    unit="{row}",
+    description="Ledger import rows, by outcome (imported, duplicate, rejected).",
+)
+_dead_letters = _meter.create_gauge(
+    "advisoros.servicebus.dead_letters",
+    unit="{message}",
+    description="Messages waiting in a queue's dead-letter queue.",
+)
+_sync_lag = _meter.create_gauge(
+    "advisoros.quickbooks.sync_lag",
+    unit="s",
+    description="Age of the oldest QuickBooks change not yet applied, per realm.",
+)
+_classification_confidence = _meter.create_histogram(
+    "advisoros.documents.classification_confidence",
+    unit="1",
+    description="Confidence (0 to 1) of each document classification, by document type.",
+)
 
 # W3C trace context, version 00: trace id and parent id in lower-case hex, neither all zeros.
 _TRACEPARENT = re.compile(r"^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
@@ -156,3 +187,89 @@ def consumer_span(
     ) as span:
         context = span.get_span_context()
         yield format(context.trace_id, "032x") if context.trace_id else None
+
+
+@contextmanager
+def request_span(name: str, traceparent: str, attributes: Mapping[str, str]) -> Iterator[str]:
+    """Run a block as the server span of one HTTP request, continuing the trace that
+    ``traceparent`` (W3C) names; yield the ``traceparent`` that names this span, for the
+    messages the block sends, so their consumers join the same trace.
+
+    With telemetry off, the span records nothing and ``traceparent`` is yielded unchanged.
+    """
+    tracer = trace.get_tracer(_TRACER)
+    with tracer.start_as_current_span(
+        name,
+        context=extract({"traceparent": traceparent}),
+        kind=trace.SpanKind.SERVER,
+        attributes=dict(attributes),
+    ) as span:
+        context = span.get_span_context()
+        if not context.is_valid:
+            yield traceparent
+            return
+        yield f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+
+
+@contextmanager
+def producer_span(queue: str, message_count: int) -> Iterator[None]:
+    """Run a send to a queue as one producer span of the current trace."""
+    tracer = trace.get_tracer(_TRACER)
+    with tracer.start_as_current_span(
+        f"{queue} publish",
+        kind=trace.SpanKind.PRODUCER,
+        attributes={
+            "messaging.system": "servicebus",
+            "messaging.destination.name": queue,
+            "messaging.batch.message_count": message_count,
+        },
+    ):
+        yield
+
+
+@contextmanager
+def database_span(operation: str) -> Iterator[None]:
+    """Run a block of Postgres work as one client span of the current trace.
+
+    azure-monitor-opentelemetry instruments psycopg2 but not psycopg 3, hence this span;
+    calls made through the Azure SDKs and ``requests`` get their spans from its own
+    instrumentations once ``configure`` has switched it on.
+    """
+    tracer = trace.get_tracer(_TRACER)
+    with tracer.start_as_current_span(
+        f"postgres {operation}",
+        kind=trace.SpanKind.CLIENT,
+        attributes={"db.system.name": "postgresql", "db.operation.name": operation},
+    ):
+        yield
+
+
+def record_webhook(source: str, *, duplicate: bool) -> None:
+    """Count one webhook event, accepted or duplicate."""
+    _webhook_events.add(1, {"source": source, "outcome": "duplicate" if duplicate else "accepted"})
+
+
+def record_import_rows(*, imported: int, duplicates: int, rejected: int) -> None:
+    """Count the rows of one ledger import file by outcome."""
+    for outcome, count in (
+        ("imported", imported),
+        ("duplicate", duplicates),
+        ("rejected", rejected),
+    ):
+        if count:
+            _import_rows.add(count, {"outcome": outcome})
+
+
+def record_dead_letters(queue: str, depth: int) -> None:
+    """Record how many messages wait in ``queue``'s dead-letter queue."""
+    _dead_letters.set(depth, {"queue": queue})
+
+
+def record_sync_lag(realm_id: str, lag_s: float) -> None:
+    """Record how far behind QuickBooks sync is for one realm, in seconds."""
+    _sync_lag.set(lag_s, {"realm_id": realm_id})
+
+
+def record_classification_confidence(document_type: str, confidence: float) -> None:
+    """Record the confidence (0 to 1) of one document classification."""
+    _classification_confidence.record(confidence, {"document_type": document_type})

@@ -8,6 +8,9 @@ param name string
 
 param location string
 
+@description('Log Analytics workspace that receives the diagnostic settings.')
+param workspaceId string
+
 // Sessions and duplicate detection need the Standard tier at least.
 @allowed(['Standard', 'Premium'])
 param skuName string = 'Standard'
@@ -41,6 +44,17 @@ resource queueResources 'Microsoft.ServiceBus/namespaces/queues@2022-10-01-previ
   }
 ]
 
+resource namespaceDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'to-log-analytics'
+  scope: namespace
+  properties: {
+    workspaceId: workspaceId
+    logs: [{ categoryGroup: 'allLogs', enabled: true }]
+    metrics: [{ category: 'AllMetrics', enabled: true }]
+  }
+}
+
+output id string = namespace.id
 output name string = namespace.name
 @description('The value of the app setting ServiceBusConnection__fullyQualifiedNamespace.')
 output fullyQualifiedNamespace string = '${namespace.name}.servicebus.windows.net'

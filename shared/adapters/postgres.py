@@ -14,6 +14,7 @@ from contextlib import contextmanager
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from shared import telemetry
 from shared.config import get_settings
 from shared.errors import UpstreamError
 
@@ -75,7 +76,11 @@ def transaction() -> Iterator[psycopg.Connection]:
         UpstreamError: the database could not be reached (retryable).
     """
     try:
-        with pool().connection() as conn, conn.transaction():
+        with (
+            telemetry.database_span("transaction"),
+            pool().connection() as conn,
+            conn.transaction(),
+        ):
             yield conn
     except psycopg.OperationalError as exc:
         log.error("postgres unavailable: %s", exc, extra={"system": "postgres"})

@@ -109,6 +109,16 @@ def resubmit_dead_letters(queue: str, message_ids: Sequence[str]) -> ResubmitOut
     return backend().resubmit_dead_letters(queue, message_ids)
 
 
+def ping() -> None:
+    """Peek one dead letter of the first queue: the namespace (or local broker) answers, and
+    this identity may read it.
+
+    Raises:
+        UpstreamError: Service Bus (or the local broker's database) failed.
+    """
+    backend().peek_dead_letters(next(iter(QUEUES)), 1)
+
+
 def _create_backend() -> ServiceBusBackend:
     settings = get_settings()
     if settings.service_bus_namespace:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from shared import telemetry
 from shared.adapters import servicebus
 from shared.errors import NotFound, ValidationError
 from shared.messaging import QUEUES, DeadLetter, ResubmitOutcome
@@ -12,6 +13,8 @@ from shared.messaging import QUEUES, DeadLetter, ResubmitOutcome
 log = logging.getLogger(__name__)
 
 PEEK_MAX_COUNT = 100
+DEPTH_MAX_COUNT = 1000
+DEPTH_SCHEDULE = "0 */5 * * * *"
 RESUBMIT_MAX_IDS = 100
 
 
@@ -31,6 +34,22 @@ def peek(queue: str, max_count: int) -> list[DeadLetter]:
     if not 1 <= max_count <= PEEK_MAX_COUNT:
         raise ValidationError(f"max must be between 1 and {PEEK_MAX_COUNT}, not {max_count}")
     return servicebus.peek_dead_letters(queue, max_count)
+
+
+def measure() -> dict[str, int]:
+    """Count each queue's dead letters and record them as the dead-letter depth metric.
+
+    Returns:
+        The depth per queue; a queue with more than 1,000 dead letters reads as 1,000.
+
+    Raises:
+        UpstreamError: Service Bus (or the local broker) failed.
+    """
+    depths = {}
+    for queue in QUEUES:
+        depths[queue] = len(servicebus.peek_dead_letters(queue, DEPTH_MAX_COUNT))
+        telemetry.record_dead_letters(queue, depths[queue])
+    return depths
 
 
 def resubmit(queue: str, message_ids: Sequence[str]) -> ResubmitOutcome:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from shared.adapters import blob, postgres
@@ -14,8 +15,25 @@ log = logging.getLogger(__name__)
 
 def check() -> dict[str, Any]:
     """Probe the database and blob storage; ``status`` is ``ok`` only when both answer."""
+    return _probe((("database", _database), ("storage", blob.ping)))
+
+
+def ready() -> dict[str, Any]:
+    """Probe the database, blob storage and Service Bus; ``status`` is ``ok`` only when all
+    three answer, else ``failing`` with ``down`` naming the ones that did not (readiness).
+
+    The sibling ``check`` leaves the bus out.
+    """
+    from shared.adapters import servicebus
+
+    result = _probe((("database", _database), ("storage", blob.ping), ("bus", servicebus.ping)))
+    result["down"] = [name for name, c in result["checks"].items() if c["status"] != "ok"]
+    return result
+
+
+def _probe(probes: tuple[tuple[str, Callable[[], None]], ...]) -> dict[str, Any]:
     checks: dict[str, Any] = {}
-    for name, probe in (("database", _database), ("storage", blob.ping)):
+    for name, probe in probes:
         started = time.perf_counter()
         try:
             probe()

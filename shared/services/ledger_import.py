@@ -21,6 +21,7 @@ from typing import Any, BinaryIO
 import psycopg
 from psycopg.copy import LibpqWriter
 
+from shared import telemetry
 from shared.adapters import blob, postgres
 from shared.config import (
     LEDGER_IMPORTS_CONTAINER,
@@ -314,6 +315,7 @@ def _import(
     # The parser counts its own errors; amounts refused here come on top.
     error_count = max(counted if isinstance(counted, int) else 0, len(parsed.errors))
     if parsed.errors:
+        telemetry.record_import_rows(imported=0, duplicates=0, rejected=error_count)
         raise Rejected(
             f"{error_count} row(s) are invalid; nothing was imported",
             parsed.errors,
@@ -385,6 +387,7 @@ def _import(
         duplicates,
         extra={"client_id": str(client.id), "import_id": import_id, "blob": blob_name},
     )
+    telemetry.record_import_rows(imported=imported, duplicates=duplicates, rejected=0)
     return ImportOutcome("imported", import_id, report, location)
 
 

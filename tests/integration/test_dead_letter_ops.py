@@ -130,3 +130,21 @@ def test_bad_max_is_400(broker):
     assert (
         get(STRIPE_EVENTS_QUEUE, "max=ten")[1]["detail"] == "max must be a whole number, not 'ten'"
     )
+
+
+def test_depth_counts_each_queue_and_records_the_gauge(broker: LocalBroker) -> None:
+    from shared.services import dead_letters
+    from tests.telemetry_support import points, providers
+
+    providers()
+    before = dead_letters.measure()
+    dead_letter(broker, f"cus_{uuid.uuid4().hex[:8]}")
+    dead_letter(broker, f"cus_{uuid.uuid4().hex[:8]}")
+
+    after = dead_letters.measure()
+
+    assert set(after) == {"stripe-events", "quickbooks-events"}
+    assert after[STRIPE_EVENTS_QUEUE] - before[STRIPE_EVENTS_QUEUE] == 2
+    assert after["quickbooks-events"] == before["quickbooks-events"]
+    recorded = {a["queue"]: v for a, v in points("advisoros.servicebus.dead_letters")}
+    assert recorded[STRIPE_EVENTS_QUEUE] == after[STRIPE_EVENTS_QUEUE]
