@@ -145,9 +145,7 @@ class Settings(BaseSettings):
     quickbooks_client_id: str = Field(default="", alias="QUICKBOOKS_CLIENT_ID")
     """The Intuit app's OAuth client id."""
 
-    quickbooks_client_secret: str = Field(
-        default="", alias="QUICKBOOKS_CLIENT_SECRET", repr=False
-    )
+    quickbooks_client_secret: str = Field(default="", alias="QUICKBOOKS_CLIENT_SECRET", repr=False)
     """The Intuit app's OAuth client secret."""
 
     quickbooks_redirect_uri: str = Field(default="", alias="QUICKBOOKS_REDIRECT_URI")

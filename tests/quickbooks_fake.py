@@ -15,6 +15,7 @@ are injected with ``inject``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -41,7 +42,9 @@ DEFAULT_ACCOUNTS = (
 )
 
 
-def fault(kind: str, code: str, message: str, detail: str = "", element: str = "") -> dict[str, Any]:
+def fault(
+    kind: str, code: str, message: str, detail: str = "", element: str = ""
+) -> dict[str, Any]:
     """A ``Fault`` object as QuickBooks writes it."""
     error = {"Message": message, "Detail": detail or message, "code": code, "element": element}
     return {"Error": [error], "type": kind}
@@ -134,7 +137,7 @@ class FakeQuickBooks:
     # -- test controls ---------------------------------------------------------------------
 
     def grant(self, realm_id: str) -> tuple[str, str]:
-        """Issue a token pair for a realm, as a completed consent would; returns (access, refresh)."""
+        """Issue a token pair for a realm as a completed consent would: (access, refresh)."""
         with self.lock:
             return self._issue(realm_id)
 
@@ -259,7 +262,18 @@ class FakeQuickBooks:
                 self.throttled_injected += 1
                 return 429, _throttle_body(), _retry_after(injection), 0.0
             if injection is not None and injection.kind == "500":
-                return 500, {"Fault": fault("SystemFault", "10000", "An application error has occurred while processing your request")}, {}, 0.0  # noqa: E501
+                return (
+                    500,
+                    {
+                        "Fault": fault(
+                            "SystemFault",
+                            "10000",
+                            "An application error has occurred while processing your request",
+                        )
+                    },
+                    {},
+                    0.0,
+                )
             if not self._admit(realm_id):
                 self.throttled_by_limit += 1
                 return 429, _throttle_body(), {}, 0.0
@@ -270,7 +284,9 @@ class FakeQuickBooks:
         finally:
             with self.lock:
                 self.realms[realm_id].in_flight -= 1
-        delay = self.timeout_delay_s if injection is not None and injection.kind == "timeout" else 0
+        delay = (
+            self.timeout_delay_s if injection is not None and injection.kind == "timeout" else 0
+        )
         return status, answer, {}, delay
 
     def _answer(
@@ -360,28 +376,54 @@ class FakeQuickBooks:
         if entity == "Customer" and not obj.get("Id"):
             name = obj.get("DisplayName")
             if not name:
-                return fault("ValidationFault", "2020", "Required param missing, need to supply the required value for the API", "Required parameter DisplayName is missing in the request")  # noqa: E501
+                return fault(
+                    "ValidationFault",
+                    "2020",
+                    "Required param missing, need to supply the required value for the API",
+                    "Required parameter DisplayName is missing in the request",
+                )
             taken = any(c.get("DisplayName") == name for c in realm.entities["Customer"].values())
             if taken:
-                return fault("ValidationFault", "6240", "Duplicate Name Exists Error", f"The name supplied already exists. : {name}")  # noqa: E501
+                return fault(
+                    "ValidationFault",
+                    "6240",
+                    "Duplicate Name Exists Error",
+                    f"The name supplied already exists. : {name}",
+                )
         if entity == "JournalEntry":
             debit = credit = Decimal(0)
             for line in obj.get("Line", []):
                 detail = line.get("JournalEntryLineDetail", {})
                 ref = detail.get("AccountRef", {}).get("value")
                 if ref not in realm.entities["Account"]:
-                    return fault("ValidationFault", "2500", "Invalid Reference Id", f"Invalid Reference Id : Accounts element id {ref} not found")  # noqa: E501
+                    return fault(
+                        "ValidationFault",
+                        "2500",
+                        "Invalid Reference Id",
+                        f"Invalid Reference Id : Accounts element id {ref} not found",
+                    )
                 amount = Decimal(str(line.get("Amount", 0)))
                 if detail.get("PostingType") == "Debit":
                     debit += amount
                 else:
                     credit += amount
             if debit != credit or debit == 0:
-                return fault("ValidationFault", "6000", "A business validation error has occurred while processing your request", "Business Validation Error: Your Journal Entry is unbalanced. Please check your entries and try again.")  # noqa: E501
+                return fault(
+                    "ValidationFault",
+                    "6000",
+                    "A business validation error has occurred while processing your request",
+                    "Business Validation Error: Your Journal Entry is unbalanced. "
+                    "Please check your entries and try again.",
+                )
         if entity in ("Invoice", "Payment"):
             ref = obj.get("CustomerRef", {}).get("value")
             if ref not in realm.entities["Customer"]:
-                return fault("ValidationFault", "2500", "Invalid Reference Id", f"Invalid Reference Id : Names element id {ref} not found")  # noqa: E501
+                return fault(
+                    "ValidationFault",
+                    "2500",
+                    "Invalid Reference Id",
+                    f"Invalid Reference Id : Names element id {ref} not found",
+                )
         return None
 
     def _batch(
@@ -395,23 +437,32 @@ class FakeQuickBooks:
         for item in items:
             bid = item.get("bId")
             if "Query" in item:
-                answers.append({"bId": bid, "QueryResponse": self._query(realm, item["Query"])[
-                    "QueryResponse"]})
+                answers.append(
+                    {
+                        "bId": bid,
+                        "QueryResponse": self._query(realm, item["Query"])["QueryResponse"],
+                    }
+                )
                 continue
             entity = next((k for k in item if k in ENTITIES), None)
             if entity is None:
-                answers.append({"bId": bid, "Fault": fault("ValidationFault", "2010", "No entity")})
+                answers.append(
+                    {"bId": bid, "Fault": fault("ValidationFault", "2010", "No entity")}
+                )
                 continue
             operation = item.get("operation", "create")
-            result = self._write(realm, entity, operation if operation != "update" else "",
-                                 item[entity], injection)
+            result = self._write(
+                realm, entity, operation if operation != "update" else "", item[entity], injection
+            )
             answers.append({"bId": bid, **result})
         return 200, {"BatchItemResponse": answers}
 
     def _query(self, realm: RealmState, text: str) -> dict[str, Any]:
         words = text.replace("\n", " ").split()
         lowered = [w.lower() for w in words]
-        entity = _entity_name(words[lowered.index("from") + 1].lower()) if "from" in lowered else None
+        entity = (
+            _entity_name(words[lowered.index("from") + 1].lower()) if "from" in lowered else None
+        )
         rows = list(realm.entities[entity].values()) if entity else []
         if "where" in lowered and entity:
             # Only "Id = 'n'" and "Id in ('n', ...)" are understood, which is all the app asks.
@@ -480,8 +531,10 @@ def _not_found(entity: str, qbo_id: str) -> dict[str, Any]:
 
 def _throttle_body() -> dict[str, Any]:
     message = "message=ThrottleExceeded; errorCode=003001; statusCode=429"
-    return {"Fault": fault("ThrottlingFault", "003001", message, "The request limit was reached."),
-            "time": _stamp()}
+    return {
+        "Fault": fault("ThrottlingFault", "003001", message, "The request limit was reached."),
+        "time": _stamp(),
+    }
 
 
 def _retry_after(injection: Injection) -> dict[str, str]:
@@ -552,15 +605,14 @@ def _handler(fake: FakeQuickBooks) -> type[BaseHTTPRequestHandler]:
             status, answer, headers, delay = fake.handle_api(method, url.path, query, token, body)
             if delay:
                 time.sleep(delay)
-            try:
+            # The client may have given up waiting (an injected timeout).
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 self._send(status, answer, headers)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             self._dispatch("GET")
 
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        def do_POST(self) -> None:
             self._dispatch("POST")
 
     return Handler

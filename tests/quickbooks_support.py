@@ -85,7 +85,10 @@ def post_entries(
                 cur.executemany(
                     "INSERT INTO journal_lines (entry_id, client_id, account_id, amount_minor, "
                     "currency) VALUES (%s, %s, %s, %s, %s)",
-                    [(row[0], client_id, accounts[code], amount, currency) for code, amount in lines],
+                    [
+                        (row[0], client_id, accounts[code], amount, currency)
+                        for code, amount in lines
+                    ],
                 )
     return ids
 
@@ -112,8 +115,14 @@ def add_customers_and_invoices(
             "tax_minor, amount_due_minor, amount_paid_minor) VALUES (%s, %s, 'open', 2, now(), "
             "'evt_seed', '{}', %s, %s, 'USD', %s, 0, %s, 0)",
             [
-                (client_id, f"in_{n:06d}", f"cus_{n % customers:05d}", f"INV-{n}",
-                 total_minor + n, total_minor + n)
+                (
+                    client_id,
+                    f"in_{n:06d}",
+                    f"cus_{n % customers:05d}",
+                    f"INV-{n}",
+                    total_minor + n,
+                    total_minor + n,
+                )
                 for n in range(invoices)
             ],
         )

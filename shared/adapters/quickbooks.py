@@ -35,10 +35,17 @@ STALE_OBJECT_CODE = "5010"
 class QuickBooksError(UpstreamError):
     """A failure answered by (or on the way to) QuickBooks."""
 
-    def __init__(self, message: str, *, status: int | None = None, retryable: bool = False,
-                 request_id: str | None = None) -> None:
-        super().__init__(message, provider=PROVIDER, status=status, retryable=retryable,
-                         request_id=request_id)
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retryable: bool = False,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(
+            message, provider=PROVIDER, status=status, retryable=retryable, request_id=request_id
+        )
 
 
 class Throttled(QuickBooksError):
@@ -109,7 +116,7 @@ class _Transport(requests.Session):
         self.access_token = access_token
         self._timeout_s = timeout_s
 
-    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
+    def request(self, method: str, url: Any, *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("timeout", self._timeout_s)
         try:
             response = super().request(method, url, *args, **kwargs)
@@ -120,8 +127,10 @@ class _Transport(requests.Session):
             raise Throttled(_retry_after(response.headers.get("Retry-After")))
         if response.status_code >= 500:
             raise Unavailable(
-                f"answered {response.status_code}", status=response.status_code,
-                retryable=True, request_id=tid,
+                f"answered {response.status_code}",
+                status=response.status_code,
+                retryable=True,
+                request_id=tid,
             )
         return response
 
@@ -143,8 +152,11 @@ class QuickBooksApi:
         url = f"{self._client.api_url}/company/{self.realm_id}/{path}"
         try:
             result: dict[str, Any] = self._client.make_request(
-                method, url, request_body=dumps(body) if body is not None else None,
-                params=dict(params), request_id=params.pop("requestid", None),
+                method,
+                url,
+                request_body=dumps(body) if body is not None else None,
+                params=dict(params),
+                request_id=params.pop("requestid", None),
             )
         except qb_errors.AuthorizationException as exc:
             if getattr(exc, "error_code", None) in (401, 3200, 100):
@@ -179,9 +191,7 @@ class QuickBooksApi:
 
     def cdc(self, entities: list[str], changed_since: str) -> dict[str, list[dict[str, Any]]]:
         """Entities changed since a time (ISO 8601), by entity name."""
-        answer = self._call(
-            "GET", "cdc", entities=",".join(entities), changedSince=changed_since
-        )
+        answer = self._call("GET", "cdc", entities=",".join(entities), changedSince=changed_since)
         found: dict[str, list[dict[str, Any]]] = {}
         for block in answer.get("CDCResponse", []):
             for group in block.get("QueryResponse", []):
@@ -228,9 +238,12 @@ class OAuthClient:
             call()
         except AuthClientError as exc:
             if exc.status_code == 400 and b"invalid_grant" in (exc.content or b""):
-                raise InvalidGrant("invalid_grant: the grant is no longer valid", status=400) from None
+                raise InvalidGrant(
+                    "invalid_grant: the grant is no longer valid", status=400
+                ) from None
             raise QuickBooksError(
-                f"token endpoint answered {exc.status_code}", status=exc.status_code,
+                f"token endpoint answered {exc.status_code}",
+                status=exc.status_code,
                 retryable=exc.status_code >= 500,
             ) from None
         except requests.RequestException as exc:

@@ -43,8 +43,9 @@ class KeyVaultSecretStore:
         except ResourceNotFoundError:
             return None
         except AzureError as exc:
-            raise UpstreamError(f"Key Vault read failed: {exc}", provider="keyvault",
-                                retryable=True) from None
+            raise UpstreamError(
+                f"Key Vault read failed: {exc}", provider="keyvault", retryable=True
+            ) from None
 
     def set(self, name: str, value: str) -> None:
         from azure.core.exceptions import AzureError
@@ -52,8 +53,9 @@ class KeyVaultSecretStore:
         try:
             self._client.set_secret(name, value)
         except AzureError as exc:
-            raise UpstreamError(f"Key Vault write failed: {exc}", provider="keyvault",
-                                retryable=True) from None
+            raise UpstreamError(
+                f"Key Vault write failed: {exc}", provider="keyvault", retryable=True
+            ) from None
 
     def delete(self, name: str) -> None:
         from azure.core.exceptions import AzureError, ResourceNotFoundError
@@ -63,8 +65,9 @@ class KeyVaultSecretStore:
         except ResourceNotFoundError:
             return
         except AzureError as exc:
-            raise UpstreamError(f"Key Vault delete failed: {exc}", provider="keyvault",
-                                retryable=True) from None
+            raise UpstreamError(
+                f"Key Vault delete failed: {exc}", provider="keyvault", retryable=True
+            ) from None
 
 
 class LocalSecretStore:

@@ -68,7 +68,8 @@ def release(lease: Lease, outcome: Outcome, *, retry_after_s: float | None = Non
         )
         if outcome == "ok":
             conn.execute(
-                "UPDATE quickbooks_realm_budget SET failures = 0 WHERE realm_id = %s AND failures > 0",
+                "UPDATE quickbooks_realm_budget SET failures = 0 "
+                "WHERE realm_id = %s AND failures > 0",
                 (lease.realm_id,),
             )
         elif outcome == "throttled":
@@ -95,7 +96,7 @@ def backoff_s(attempt: int) -> float:
     """A jittered exponential backoff for the n-th retry (1-based), in seconds ("full jitter")."""
     first = get_settings().quickbooks_backoff_first_s
     ceiling = min(60.0, first * 2 ** (attempt - 1))
-    return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not security
+    return random.uniform(ceiling / 2, ceiling)
 
 
 def _try_acquire(realm_id: str) -> Lease | float:
@@ -114,7 +115,7 @@ def _try_acquire(realm_id: str) -> Lease | float:
             (realm_id,),
         ).fetchone()
         assert row is not None
-        open_left, paused_left = row
+        open_left, paused_left = float(row[0]), float(row[1])
         if open_left > 0:
             raise CircuitOpen(realm_id, open_left)
         if paused_left > 0:

@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import partial
 from typing import Any, TypeVar
 
 import psycopg
@@ -28,6 +29,7 @@ from shared.adapters.postgres import transaction
 from shared.config import get_settings
 from shared.domain.money import exponent
 from shared.errors import NotFound, ValidationError
+from shared.messaging import QUICKBOOKS_SYNC_QUEUE, MessageSender, OutboundMessage
 from shared.services import quickbooks_connections as connections
 from shared.services import quickbooks_limits as limits
 
@@ -77,7 +79,9 @@ class _Row:
     batch_id: uuid.UUID | None
 
 
-def push_client(client_id: uuid.UUID, *, sleep: Callable[[float], None] = time.sleep) -> PushOutcome:
+def push_client(
+    client_id: uuid.UUID, *, sleep: Callable[[float], None] = time.sleep
+) -> PushOutcome:
     """Find the client's new records and send everything pending to QuickBooks."""
     enqueue(client_id)
     return push(client_id, sleep=sleep)
@@ -296,8 +300,8 @@ def _next_batch(
             "AND batch_id IS NOT NULL ORDER BY batch_id, local_key LIMIT %s",
             (client_id, entity, size),
         )
-        if rows:
-            batch_id = rows[0].batch_id
+        batch_id = rows[0].batch_id if rows else None
+        if batch_id is not None:
             rows = [r for r in rows if r.batch_id == batch_id]
         else:
             rows = _rows(
@@ -377,9 +381,12 @@ def _update_after_stale(client_id: uuid.UUID, session: _Session, row: _Row) -> N
         with transaction() as conn:
             payload = _payload(conn, client_id, row)
         payload.update(Id=current["Id"], SyncToken=current["SyncToken"])
+        # One request id per version sent: a retry of this very update is answered once.
+        request_id = str(uuid.uuid4())
         try:
             updated = _call(
-                session, lambda api: api.update(row.entity, payload, str(uuid.uuid4()))
+                session,
+                partial(_update, entity=row.entity, body=payload, request_id=request_id),
             )
         except qbo.Fault as fault:
             if fault.stale:
@@ -394,6 +401,12 @@ def _update_after_stale(client_id: uuid.UUID, session: _Session, row: _Row) -> N
     with transaction() as conn:
         reason = f"stale SyncToken {STALE_RETRIES} times in a row; will try again"
         _set_status(conn, client_id, row, "pending", reason, clear_batch=True)
+
+
+def _update(
+    api: qbo.QuickBooksApi, *, entity: str, body: dict[str, Any], request_id: str
+) -> dict[str, Any]:
+    return api.update(entity, body, request_id)
 
 
 def _call(session: _Session, request: Callable[[qbo.QuickBooksApi], T]) -> T:
@@ -524,7 +537,9 @@ def _amount(minor: int, currency: str) -> Decimal:
     return Decimal(minor).scaleb(-exponent(currency))
 
 
-def _journal_entry(conn: psycopg.Connection, client_id: uuid.UUID, entry_id: int) -> dict[str, Any]:
+def _journal_entry(
+    conn: psycopg.Connection, client_id: uuid.UUID, entry_id: int
+) -> dict[str, Any]:
     head = conn.execute(
         "SELECT booked_on, reference, memo FROM journal_entries WHERE client_id = %s AND id = %s",
         (client_id, entry_id),
@@ -621,3 +636,73 @@ def _invoice(conn: psycopg.Connection, client_id: uuid.UUID, stripe_id: str) -> 
     if number:
         body["DocNumber"] = str(number)[:DOC_NUMBER_MAX]
     return body
+
+
+def sync_message(client_id: uuid.UUID) -> tuple[str, OutboundMessage]:
+    """The queue message asking for a push of the client's records (one session per realm).
+
+    Raises:
+        NotFound: the client has no QuickBooks connection.
+    """
+    connection = connections.connection_for_client(client_id)
+    body = json.dumps({"client_id": str(client_id), "realm_id": connection.realm_id})
+    message = OutboundMessage(
+        message_id=f"qbo-sync:{client_id}:{uuid.uuid4()}",
+        body=body.encode(),
+        session_id=connection.realm_id,
+        subject="quickbooks.push",
+    )
+    return QUICKBOOKS_SYNC_QUEUE, message
+
+
+def request_push(client_id: uuid.UUID, sender: MessageSender) -> str:
+    """Queue a push of the client's records; returns the realm it goes to."""
+    queue, message = sync_message(client_id)
+    sender.send(queue, [message])
+    return str(message.session_id)
+
+
+def reconciliation(client_id: uuid.UUID) -> dict[str, Any]:
+    """Per mapped account: the ledger balance, the balance of what QuickBooks holds from us
+    (entries synced), and the difference; with the records waiting, failed and blocked.
+
+    Limitation: the QuickBooks side is what this app has synced, not QuickBooks' own
+    CurrentBalance, so entries made in QuickBooks by hand are not in it; the mirror of
+    pulled changes is not yet compared.
+    """
+    connection = connections.connection_for_client(client_id)
+    with transaction() as conn:
+        rows = conn.execute(
+            "SELECT a.code, a.name, m.qbo_account_id, m.qbo_account_name, l.currency, "
+            "sum(l.amount_minor), sum(l.amount_minor) FILTER (WHERE s.status = 'synced') "
+            "FROM quickbooks_account_map m JOIN accounts a ON a.id = m.account_id "
+            "JOIN journal_lines l ON l.account_id = a.id AND l.client_id = m.client_id "
+            "LEFT JOIN quickbooks_sync s ON s.client_id = l.client_id "
+            "AND s.entity = 'JournalEntry' AND s.local_key = l.entry_id::text "
+            "WHERE m.client_id = %s GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 5",
+            (client_id,),
+        ).fetchall()
+    accounts = [
+        {
+            "account": code,
+            "name": name,
+            "qbo_account_id": qbo_id,
+            "qbo_account_name": qbo_name,
+            "currency": currency,
+            "ledger_minor": int(ledger),
+            "quickbooks_minor": int(synced or 0),
+            "difference_minor": int(ledger) - int(synced or 0),
+        }
+        for code, name, qbo_id, qbo_name, currency, ledger, synced in rows
+    ]
+    state = sync_state(client_id)
+    return {
+        "client_id": str(client_id),
+        "realm_id": connection.realm_id,
+        "connection": connection.status,
+        "accounts": accounts,
+        "counts": state["counts"],
+        "waiting": sum(c.get("pending", 0) for c in state["counts"].values()),
+        "failed": [p for p in state["problems"] if p["status"] == "failed"],
+        "blocked": [p for p in state["problems"] if p["status"] == "blocked"],
+    }
