@@ -46,13 +46,15 @@ def main() -> None:
 
     from devhost import services as local
 
-    with tempfile.TemporaryDirectory(prefix="qbo-bench-") as root:
-        with local.start_postgres(Path(root) / "pg", port=free_port(), fsync=False) as pg:
-            local.apply_migrations(pg.url, REPO / "migrations")
-            os.environ.update(
-                {"DATABASE_URL": pg.url, "AzureWebJobsStorage": "UseDevelopmentStorage=true"}
-            )
-            run(options, Path(root))
+    with (
+        tempfile.TemporaryDirectory(prefix="qbo-bench-") as root,
+        local.start_postgres(Path(root) / "pg", port=free_port(), fsync=False) as pg,
+    ):
+        local.apply_migrations(pg.url, REPO / "migrations")
+        os.environ.update(
+            {"DATABASE_URL": pg.url, "AzureWebJobsStorage": "UseDevelopmentStorage=true"}
+        )
+        run(options, Path(root))
 
 
 def run(options: argparse.Namespace, root: Path) -> None:
@@ -96,10 +98,8 @@ def run(options: argparse.Namespace, root: Path) -> None:
                 add_customers_and_invoices(client_id, CUSTOMERS, options.invoices)
                 before_429 = fake.throttled_by_limit + fake.throttled_injected
                 started = time.perf_counter()
-                if label == "batched":
-                    sent = push_batched(client_id)
-                else:
-                    sent = push_one_each(client_id)
+                push = push_batched if label == "batched" else push_one_each
+                sent = push(client_id)
                 elapsed = time.perf_counter() - started
                 results[label] = {
                     "records": sent,
@@ -145,33 +145,43 @@ def push_one_each(client_id: uuid.UUID) -> int:
                 ).fetchall()
             ]
         queue = list(rows)
-
-        def worker() -> None:
-            session = sync._Session(
-                connection, connections.api_for(connection), outcome, time.sleep
-            )
-            while True:
-                with lock:
-                    if not queue:
-                        return
-                    row = queue.pop()
-                with transaction() as conn:
-                    body = sync._payload(conn, client_id, row)
-                created = sync._call(
-                    session,
-                    lambda api, b=body, r=row: api.create(r.entity, b, str(r.request_id)),
-                )
-                with transaction() as conn:
-                    sync._synced(conn, client_id, row, created)
-                with lock:
-                    sent[entity] += 1
-
-        threads = [threading.Thread(target=worker) for _ in range(BASELINE_THREADS)]
+        threads = [
+            threading.Thread(target=_send_each, args=(client_id, queue, lock, sent, outcome))
+            for _ in range(BASELINE_THREADS)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
     return sum(sent.values())
+
+
+def _send_each(
+    client_id: uuid.UUID,
+    queue: list[Any],
+    lock: threading.Lock,
+    sent: Counter[str],
+    outcome: Any,
+) -> None:
+    from shared.adapters.postgres import transaction
+    from shared.services import quickbooks_connections as connections
+    from shared.services import quickbooks_sync as sync
+
+    connection = connections.connection_for_client(client_id)
+    session = sync._Session(connection, connections.api_for(connection), outcome, time.sleep)
+    while True:
+        with lock:
+            if not queue:
+                return
+            row = queue.pop()
+        with transaction() as conn:
+            body = sync._payload(conn, client_id, row)
+        request_id = str(row.request_id)
+        created = sync._call(session, lambda api: api.create(row.entity, body, request_id))  # noqa: B023 - called at once
+        with transaction() as conn:
+            sync._synced(conn, client_id, row, created)
+        with lock:
+            sent[row.entity] += 1
 
 
 def check(
