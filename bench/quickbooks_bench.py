@@ -129,7 +129,8 @@ def push_one_each(client_id: uuid.UUID) -> int:
     connection = connections.connection_for_client(client_id)
     outcome = sync.PushOutcome()
     sync.auto_map_accounts(
-        client_id, sync._Session(connection, connections.api_for(connection), outcome, time.sleep)
+        client_id,
+        sync.ApiSession(connection, connections.api_for(connection), outcome, time.sleep),
     )
     sent = Counter[str]()
     lock = threading.Lock()
@@ -168,7 +169,7 @@ def _send_each(
     from shared.services import quickbooks_sync as sync
 
     connection = connections.connection_for_client(client_id)
-    session = sync._Session(connection, connections.api_for(connection), outcome, time.sleep)
+    session = sync.ApiSession(connection, connections.api_for(connection), outcome, time.sleep)
     while True:
         with lock:
             if not queue:
@@ -177,7 +178,7 @@ def _send_each(
         with transaction() as conn:
             body = sync._payload(conn, client_id, row)
         request_id = str(row.request_id)
-        created = sync._call(session, lambda api: api.create(row.entity, body, request_id))  # noqa: B023 - called at once
+        created = sync.call(session, lambda api: api.create(row.entity, body, request_id))  # noqa: B023 - called at once
         with transaction() as conn:
             sync._synced(conn, client_id, row, created)
         with lock:

@@ -13,10 +13,11 @@ import azure.functions as func
 
 from functions._http import from_error, json_response, parse_uuid, route_uuid
 from shared.adapters.servicebus import get_sender
+from shared.config import QBO_CDC_SCHEDULE
 from shared.errors import AdvisorError, ValidationError
-from shared.messaging import QUICKBOOKS_SYNC_QUEUE, SERVICE_BUS_CONNECTION
+from shared.messaging import QUICKBOOKS_EVENTS_QUEUE, QUICKBOOKS_SYNC_QUEUE, SERVICE_BUS_CONNECTION
 from shared.services import quickbooks_connections as connections
-from shared.services import quickbooks_sync
+from shared.services import quickbooks_pull, quickbooks_sync
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,60 @@ def quickbooks_push(msg: func.ServiceBusMessage) -> None:
         outcome.waiting,
         extra={"client_id": str(client_id), "outcome": "pushed"},
     )
+
+
+@quickbooks_bp.service_bus_queue_trigger(
+    arg_name="msg",
+    queue_name=QUICKBOOKS_EVENTS_QUEUE,
+    connection=SERVICE_BUS_CONNECTION,
+    is_sessions_enabled=True,
+)
+def quickbooks_change(msg: func.ServiceBusMessage) -> None:
+    """Bring one QuickBooks entity change into the local mirror.
+
+    A malformed message raises and is dead-lettered after its retries, with the error's text;
+    a realm that needs reconnecting is logged and the message completed (CDC catches up once
+    it is connected again).
+    """
+    try:
+        body = json.loads(msg.get_body())
+    except (ValueError, UnicodeDecodeError):
+        raise ValidationError(f"quickbooks change {msg.message_id}: body is not JSON") from None
+    if not isinstance(body, dict):
+        raise ValidationError(f"quickbooks change {msg.message_id}: body is not an object")
+    try:
+        outcome = quickbooks_pull.apply_change(body)
+    except connections.NeedsReconnect as exc:
+        log.error("quickbooks change skipped: %s", exc, extra={"event_id": msg.message_id})
+        return
+    log.info(
+        "quickbooks change %s: %s",
+        msg.message_id,
+        outcome.status,
+        extra={"event_id": msg.message_id, "outcome": outcome.status},
+    )
+
+
+@quickbooks_bp.timer_trigger(arg_name="timer", schedule=QBO_CDC_SCHEDULE)
+def quickbooks_cdc(timer: func.TimerRequest) -> None:
+    """Change Data Capture per connected realm, from its cursor, to heal missed webhooks."""
+    for realm_id in quickbooks_pull.active_realms():
+        try:
+            applied = quickbooks_pull.run_cdc(realm_id)
+        except AdvisorError as exc:
+            log.warning(
+                "quickbooks CDC for realm %s failed: %s",
+                realm_id,
+                exc,
+                extra={"realm_id": realm_id},
+            )
+            continue
+        log.info(
+            "quickbooks CDC for realm %s: %s change(s)",
+            realm_id,
+            applied,
+            extra={"realm_id": realm_id},
+        )
 
 
 @quickbooks_bp.route(route="clients/{client_id}/quickbooks/sync", methods=["POST"])

@@ -48,6 +48,7 @@ QBO_BACKOFF_MAX_S = 60.0
 QBO_BREAKER_FAILURES = 5
 QBO_BREAKER_OPEN_S = 60.0
 QBO_REFRESH_MARGIN_S = 300
+QBO_CDC_SCHEDULE = "0 */15 * * * *"
 
 # A comma-separated list in the environment; secrets stay out of reprs.
 SecretList = Annotated[tuple[str, ...], NoDecode]

@@ -62,7 +62,7 @@ class PushOutcome:
 
 
 @dataclass
-class _Session:
+class ApiSession:
     connection: connections.Connection
     api: qbo.QuickBooksApi
     outcome: PushOutcome
@@ -128,7 +128,7 @@ def push(client_id: uuid.UUID, *, sleep: Callable[[float], None] = time.sleep) -
     connection = connections.connection_for_client(client_id)
     if _pending(client_id) == 0:
         return PushOutcome()
-    session = _Session(connection, connections.api_for(connection), PushOutcome(), sleep)
+    session = ApiSession(connection, connections.api_for(connection), PushOutcome(), sleep)
     auto_map_accounts(client_id, session)
     size = get_settings().quickbooks_batch_max_items
     for entity in ENTITY_ORDER:
@@ -163,14 +163,16 @@ def _pending(client_id: uuid.UUID) -> int:
 # -- account map -----------------------------------------------------------------------------
 
 
-def auto_map_accounts(client_id: uuid.UUID, session: _Session | None = None) -> int:
+def auto_map_accounts(client_id: uuid.UUID, session: ApiSession | None = None) -> int:
     """Map each unmapped ledger account to the QuickBooks account of the same name and type.
 
     Returns the number of accounts newly mapped. Manual mappings are never replaced.
     """
     if session is None:
         connection = connections.connection_for_client(client_id)
-        session = _Session(connection, connections.api_for(connection), PushOutcome(), time.sleep)
+        session = ApiSession(
+            connection, connections.api_for(connection), PushOutcome(), time.sleep
+        )
     with transaction() as conn:
         unmapped = conn.execute(
             "SELECT a.id, a.name, a.type FROM accounts a WHERE a.client_id = %s AND NOT EXISTS "
@@ -180,7 +182,7 @@ def auto_map_accounts(client_id: uuid.UUID, session: _Session | None = None) -> 
         ).fetchall()
     if not unmapped:
         return 0
-    remote = _call(session, lambda api: api.query("select * from Account maxresults 1000"))
+    remote = call(session, lambda api: api.query("select * from Account maxresults 1000"))
     by_key = {
         (_name_key(str(a.get("Name", ""))), a.get("Classification")): a
         for a in remote
@@ -344,12 +346,12 @@ def _next_batch(
 
 def _send_batch(
     client_id: uuid.UUID,
-    session: _Session,
+    session: ApiSession,
     batch_id: uuid.UUID,
     items: list[dict[str, Any]],
     rows: dict[str, _Row],
 ) -> None:
-    answers = _call(session, lambda api: api.batch(items, str(batch_id)))
+    answers = call(session, lambda api: api.batch(items, str(batch_id)))
     by_bid = {str(a.get("bId")): a for a in answers}
     stale: list[_Row] = []
     with transaction() as conn:
@@ -373,18 +375,18 @@ def _send_batch(
         _update_after_stale(client_id, session, row)
 
 
-def _update_after_stale(client_id: uuid.UUID, session: _Session, row: _Row) -> None:
+def _update_after_stale(client_id: uuid.UUID, session: ApiSession, row: _Row) -> None:
     """A stale SyncToken: read the current version, apply our change to it, send again."""
     assert row.qbo_id is not None
     for _ in range(STALE_RETRIES):
-        current = _call(session, lambda api: api.read(row.entity, str(row.qbo_id)))
+        current = call(session, lambda api: api.read(row.entity, str(row.qbo_id)))
         with transaction() as conn:
             payload = _payload(conn, client_id, row)
         payload.update(Id=current["Id"], SyncToken=current["SyncToken"])
         # One request id per version sent: a retry of this very update is answered once.
         request_id = str(uuid.uuid4())
         try:
-            updated = _call(
+            updated = call(
                 session,
                 partial(_update, entity=row.entity, body=payload, request_id=request_id),
             )
@@ -409,7 +411,7 @@ def _update(
     return api.update(entity, body, request_id)
 
 
-def _call(session: _Session, request: Callable[[qbo.QuickBooksApi], T]) -> T:
+def call(session: ApiSession, request: Callable[[qbo.QuickBooksApi], T]) -> T:
     """One request through the realm's budget, retried on throttling, 5xx, timeouts and an
     expired access token; a QuickBooks fault about the request itself is raised as is."""
     settings = get_settings()
