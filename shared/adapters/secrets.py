@@ -4,9 +4,12 @@ local encrypted file on the devhost, behind one interface.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -89,8 +92,19 @@ class LocalSecretStore:
         data: dict[str, str] = json.loads(self._path.read_text())
         return data
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        # Threads of this process, then other processes (several devhost workers) in turn.
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock, open(self._path.with_suffix(".lock"), "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def get(self, name: str) -> str | None:
-        with self._lock:
+        with self._locked():
             sealed = self._read().get(name)
         if sealed is None:
             return None
@@ -102,13 +116,13 @@ class LocalSecretStore:
             ) from None
 
     def set(self, name: str, value: str) -> None:
-        with self._lock:
+        with self._locked():
             data = self._read()
             data[name] = self._fernet.encrypt(value.encode()).decode()
             self._write(data)
 
     def delete(self, name: str) -> None:
-        with self._lock:
+        with self._locked():
             data = self._read()
             if data.pop(name, None) is not None:
                 self._write(data)
