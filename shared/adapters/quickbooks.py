@@ -150,13 +150,14 @@ class QuickBooksApi:
 
     def _call(self, method: str, path: str, body: Any = None, **params: str) -> dict[str, Any]:
         url = f"{self._client.api_url}/company/{self.realm_id}/{path}"
+        request_id = params.pop("requestid", None)
         try:
             result: dict[str, Any] = self._client.make_request(
                 method,
                 url,
                 request_body=dumps(body) if body is not None else None,
-                params=dict(params),
-                request_id=params.pop("requestid", None),
+                params=params,
+                request_id=request_id,
             )
         except qb_errors.AuthorizationException as exc:
             if getattr(exc, "error_code", None) in (401, 3200, 100):

@@ -41,6 +41,7 @@ class ChangeOutcome:
     state: str | None = None
 
 
+# Limitation: pulled changes update the mirror (and flag conflicts) but never the ledger.
 def apply_change(
     body: Mapping[str, Any], *, sleep: Callable[[float], None] = time.sleep
 ) -> ChangeOutcome:

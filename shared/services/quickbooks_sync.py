@@ -35,6 +35,7 @@ from shared.services import quickbooks_limits as limits
 
 log = logging.getLogger(__name__)
 
+# Limitation: billing payments are not pushed as QuickBooks Payments yet.
 ENTITY_ORDER = ("Customer", "Invoice", "JournalEntry")
 CLASSIFICATIONS = {
     "asset": "Asset",
@@ -562,6 +563,7 @@ def _journal_entry(
             f"PUT /api/clients/{client_id}/quickbooks/account-map"
         )
     currencies = {currency for _, currency, *_ in lines}
+    # Limitation: an entry with lines in two currencies is blocked, not split per currency.
     if len(currencies) != 1:
         raise _Blocked(
             f"journal entry {entry_id} has lines in {len(currencies)} currencies "
@@ -631,6 +633,8 @@ def _invoice(conn: psycopg.Connection, client_id: uuid.UUID, stripe_id: str) -> 
                 "Amount": amount,
                 "DetailType": "SalesItemLineDetail",
                 "Description": f"Stripe invoice {number or stripe_id}",
+                # Limitation: every invoice line goes on item 1, the company's default
+                # service item; there is no item map yet.
                 "SalesItemLineDetail": {"ItemRef": {"value": "1"}},
             }
         ],
