@@ -344,7 +344,13 @@ class FakeQuickBooks:
             return {"Fault": problem}
         qbo_id = obj.get("Id")
         if not qbo_id:
-            return {entity: self._create(realm, entity, obj)}
+            created = self._create(realm, entity, obj)
+            if entity == "Invoice":
+                self._set_balance(realm.entities[entity][created["Id"]])
+                created = dict(realm.entities[entity][created["Id"]])
+            if entity == "Payment":
+                self._apply_payment(realm, obj)
+            return {entity: created}
         stored = realm.entities[entity].get(str(qbo_id))
         if stored is None:
             return {"Fault": _not_found(entity, str(qbo_id))}
@@ -369,6 +375,28 @@ class FakeQuickBooks:
             stored.update({k: v for k, v in obj.items() if k not in ("SyncToken", "MetaData")})
         self._touch(stored)
         return {entity: dict(stored)}
+
+    @staticmethod
+    def _set_balance(invoice: dict[str, Any]) -> None:
+        total = sum(
+            (
+                Decimal(str(line.get("Amount", 0)))
+                for line in invoice.get("Line", [])
+                if line.get("DetailType") != "SubTotalLineDetail"
+            ),
+            Decimal(0),
+        )
+        invoice.update(TotalAmt=float(total), Balance=float(total))
+
+    def _apply_payment(self, realm: RealmState, payment: dict[str, Any]) -> None:
+        """A payment's linked amounts lower the invoices' Balance, as QuickBooks does."""
+        for line in payment.get("Line", []):
+            for linked in line.get("LinkedTxn", []):
+                invoice = realm.entities["Invoice"].get(str(linked.get("TxnId")))
+                if invoice is not None and linked.get("TxnType") == "Invoice":
+                    paid = Decimal(str(line.get("Amount", 0)))
+                    invoice["Balance"] = float(Decimal(str(invoice["Balance"])) - paid)
+                    self._touch(invoice)
 
     def _validate(
         self, realm: RealmState, entity: str, obj: dict[str, Any]

@@ -126,3 +126,22 @@ def add_customers_and_invoices(
                 for n in range(invoices)
             ],
         )
+
+
+def add_charges(client_id: uuid.UUID, invoices: Sequence[str], customer: str) -> None:
+    """Succeeded charges paying the given invoices in full, plus one with no invoice."""
+    from shared.adapters.postgres import transaction
+
+    with transaction() as conn, conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO stripe_charges (books_client_id, stripe_id, status, status_rank, "
+            "snapshot_at, snapshot_event, data, customer, invoice, currency, amount_minor, "
+            "amount_captured_minor, amount_refunded_minor) SELECT %s, %s, 'succeeded', 3, now(), "
+            "'evt_seed', '{}', %s, %s, 'USD', coalesce(i.total_minor, 5000), "
+            "coalesce(i.total_minor, 5000), 0 FROM (SELECT 1) one LEFT JOIN stripe_invoices i "
+            "ON i.books_client_id = %s AND i.stripe_id = %s",
+            [
+                (client_id, f"ch_{n:05d}", customer, invoice, client_id, invoice)
+                for n, invoice in enumerate([*invoices, None])
+            ],
+        )

@@ -35,8 +35,7 @@ from shared.services import quickbooks_limits as limits
 
 log = logging.getLogger(__name__)
 
-# Limitation: billing payments are not pushed as QuickBooks Payments yet.
-ENTITY_ORDER = ("Customer", "Invoice", "JournalEntry")
+ENTITY_ORDER = ("Customer", "Invoice", "Payment", "JournalEntry")
 CLASSIFICATIONS = {
     "asset": "Asset",
     "liability": "Liability",
@@ -99,6 +98,10 @@ def enqueue(client_id: uuid.UUID) -> int:
             "INSERT INTO quickbooks_sync (client_id, entity, local_key) "
             "SELECT %(c)s, 'Invoice', stripe_id FROM stripe_invoices "
             "WHERE books_client_id = %(c)s AND status <> 'draft' ON CONFLICT DO NOTHING",
+            "INSERT INTO quickbooks_sync (client_id, entity, local_key) "
+            "SELECT %(c)s, 'Payment', stripe_id FROM stripe_charges "
+            "WHERE books_client_id = %(c)s AND status = 'succeeded' AND customer IS NOT NULL "
+            "ON CONFLICT DO NOTHING",
             "INSERT INTO quickbooks_sync (client_id, entity, local_key) "
             "SELECT %(c)s, 'JournalEntry', id::text FROM journal_entries "
             "WHERE client_id = %(c)s AND source <> 'quickbooks' ON CONFLICT DO NOTHING",
@@ -529,6 +532,8 @@ def _payload(conn: psycopg.Connection, client_id: uuid.UUID, row: _Row) -> dict[
         body = _customer(conn, client_id, row.local_key)
     elif row.entity == "Invoice":
         body = _invoice(conn, client_id, row.local_key)
+    elif row.entity == "Payment":
+        body = _payment(conn, client_id, row.local_key)
     else:
         raise _Blocked(f"{row.entity} records are not sent to QuickBooks")
     if row.qbo_id:
@@ -641,6 +646,39 @@ def _invoice(conn: psycopg.Connection, client_id: uuid.UUID, stripe_id: str) -> 
     }
     if number:
         body["DocNumber"] = str(number)[:DOC_NUMBER_MAX]
+    return body
+
+
+def _payment(conn: psycopg.Connection, client_id: uuid.UUID, stripe_id: str) -> dict[str, Any]:
+    """A Stripe charge as a Payment, applied to its invoice when it has one (unapplied else)."""
+    row = conn.execute(
+        "SELECT c.currency, c.amount_captured_minor, c.snapshot_at, c.invoice, cu.qbo_id, "
+        "inv.qbo_id FROM stripe_charges c "
+        "LEFT JOIN quickbooks_sync cu ON cu.client_id = c.books_client_id "
+        "AND cu.entity = 'Customer' AND cu.local_key = c.customer AND cu.status = 'synced' "
+        "LEFT JOIN quickbooks_sync inv ON inv.client_id = c.books_client_id "
+        "AND inv.entity = 'Invoice' AND inv.local_key = c.invoice AND inv.status = 'synced' "
+        "WHERE c.books_client_id = %s AND c.stripe_id = %s",
+        (client_id, stripe_id),
+    ).fetchone()
+    if row is None:
+        raise NotFound(f"charge {stripe_id} not found")
+    currency, captured, snapshot_at, invoice, customer_qbo_id, invoice_qbo_id = row
+    if customer_qbo_id is None or (invoice is not None and invoice_qbo_id is None):
+        raise _Wait(stripe_id)
+    amount = _amount(captured, currency)
+    body: dict[str, Any] = {
+        "CustomerRef": {"value": customer_qbo_id},
+        "CurrencyRef": {"value": currency},
+        "TotalAmt": amount,
+        "TxnDate": snapshot_at.date().isoformat(),
+        "PrivateNote": f"Stripe charge {stripe_id}",
+        "PaymentRefNum": stripe_id[-21:],
+    }
+    if invoice_qbo_id is not None:
+        body["Line"] = [
+            {"Amount": amount, "LinkedTxn": [{"TxnId": invoice_qbo_id, "TxnType": "Invoice"}]}
+        ]
     return body
 
 

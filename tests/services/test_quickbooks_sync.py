@@ -252,3 +252,27 @@ class TestInvoices:
         assert len(customers) == 4
         first = next(i for i in invoices if i["DocNumber"] == "INV-5")
         assert customers[first["CustomerRef"]["value"]] == "Customer 1 (cus_00001)"
+
+
+def test_charges_become_payments_applied_to_their_invoices(
+    fake: FakeQuickBooks, realm: str, client_id: uuid.UUID
+) -> None:
+    from shared.services import quickbooks_sync
+    from tests.quickbooks_support import add_charges
+
+    add_customers_and_invoices(client_id, customers=1, invoices=2)
+    add_charges(client_id, ["in_000001"], "cus_00000")
+    outcome = quickbooks_sync.push_client(client_id, sleep=_no_sleep)
+
+    assert outcome.synced == 1 + 2 + 2
+    invoices = {i["DocNumber"]: i for i in fake.all(realm, "Invoice")}
+    payments = {p["PrivateNote"]: p for p in fake.all(realm, "Payment")}
+    assert Decimal(str(invoices["INV-1"]["Balance"])) == 0
+    assert Decimal(str(invoices["INV-0"]["Balance"])) == Decimal("123.45")
+    applied = payments["Stripe charge ch_00000"]
+    assert Decimal(str(applied["TotalAmt"])) == Decimal("123.46")
+    assert applied["Line"][0]["LinkedTxn"] == [
+        {"TxnId": invoices["INV-1"]["Id"], "TxnType": "Invoice"}
+    ]
+    unapplied = payments["Stripe charge ch_00001"]
+    assert Decimal(str(unapplied["TotalAmt"])) == Decimal("50.00") and "Line" not in unapplied
