@@ -75,9 +75,13 @@ class Fault(QuickBooksError):
         error = (fault.get("Error") or [{}])[0]
         self.code = str(error.get("code", ""))
         self.fault_type = str(fault.get("type", ""))
-        self.detail = str(error.get("Detail") or error.get("Message") or "")
+        self.message = str(error.get("Message") or "")
+        self.detail = str(error.get("Detail") or "")
         self.fault = fault
-        super().__init__(f"{self.fault_type} {self.code}: {self.detail}", status=status)
+        text = " - ".join(t for t in (self.message, self.detail) if t and t != "") or "no detail"
+        if self.detail == self.message:
+            text = self.message
+        super().__init__(f"{self.fault_type} {self.code}: {text}", status=status)
 
     @property
     def stale(self) -> bool:

@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from functools import partial
 from typing import Any, TypeVar
@@ -135,9 +136,14 @@ def push(client_id: uuid.UUID, *, sleep: Callable[[float], None] = time.sleep) -
     session = ApiSession(connection, connections.api_for(connection), PushOutcome(), sleep)
     auto_map_accounts(client_id, session)
     size = get_settings().quickbooks_batch_max_items
+    # A record put back to pending during this push (no answer, stale again and again)
+    # waits for the next push instead of being retried in a loop.
+    with transaction() as conn:
+        started = conn.execute("SELECT now()").fetchone()
+    assert started is not None
     for entity in ENTITY_ORDER:
         while True:
-            batch = _next_batch(client_id, entity, size, session.outcome)
+            batch = _next_batch(client_id, entity, size, session.outcome, started[0])
             if batch is None:
                 break
             batch_id, items, rows = batch
@@ -295,7 +301,7 @@ def _name_key(name: str) -> str:
 
 
 def _next_batch(
-    client_id: uuid.UUID, entity: str, size: int, outcome: PushOutcome
+    client_id: uuid.UUID, entity: str, size: int, outcome: PushOutcome, started: datetime
 ) -> tuple[uuid.UUID, list[dict[str, Any]], dict[str, _Row]] | None:
     """The next batch to send: one sent before and not answered, else a new one."""
     with transaction() as conn:
@@ -314,9 +320,9 @@ def _next_batch(
                 conn,
                 "SELECT entity, local_key, request_id, qbo_id, sync_token, batch_id "
                 "FROM quickbooks_sync WHERE client_id = %s AND entity = %s "
-                "AND status = 'pending' AND batch_id IS NULL "
+                "AND status = 'pending' AND batch_id IS NULL AND updated_at < %s "
                 "ORDER BY length(local_key), local_key LIMIT %s FOR UPDATE SKIP LOCKED",
-                (client_id, entity, size),
+                (client_id, entity, started, size),
             )
             batch_id = uuid.uuid4()
         if not rows:
@@ -330,7 +336,9 @@ def _next_batch(
                 _set_status(conn, client_id, row, "blocked", str(blocked))
                 outcome.blocked += 1
                 continue
-            except _Wait:
+            except _Wait as waiting:
+                # Left pending, out of this push's way, with what it waits for.
+                _set_status(conn, client_id, row, "pending", str(waiting))
                 continue
             bid = str(len(items) + 1)
             operation = "update" if row.qbo_id else "create"
@@ -616,7 +624,7 @@ def _customer(conn: psycopg.Connection, client_id: uuid.UUID, stripe_id: str) ->
 
 def _invoice(conn: psycopg.Connection, client_id: uuid.UUID, stripe_id: str) -> dict[str, Any]:
     row = conn.execute(
-        "SELECT i.number, i.currency, i.total_minor, i.snapshot_at, s.qbo_id "
+        "SELECT i.number, i.currency, i.total_minor, i.snapshot_at, s.qbo_id, i.customer "
         "FROM stripe_invoices i LEFT JOIN quickbooks_sync s ON s.client_id = i.books_client_id "
         "AND s.entity = 'Customer' AND s.local_key = i.customer AND s.status = 'synced' "
         "WHERE i.books_client_id = %s AND i.stripe_id = %s",
@@ -624,9 +632,9 @@ def _invoice(conn: psycopg.Connection, client_id: uuid.UUID, stripe_id: str) -> 
     ).fetchone()
     if row is None:
         raise NotFound(f"invoice {stripe_id} not found")
-    number, currency, total, snapshot_at, customer_qbo_id = row
+    number, currency, total, snapshot_at, customer_qbo_id, customer = row
     if customer_qbo_id is None:
-        raise _Wait(stripe_id)
+        raise _Wait(f"waiting for customer {customer} to be in QuickBooks")
     amount = _amount(total, currency)
     body: dict[str, Any] = {
         "CustomerRef": {"value": customer_qbo_id},
@@ -664,8 +672,10 @@ def _payment(conn: psycopg.Connection, client_id: uuid.UUID, stripe_id: str) -> 
     if row is None:
         raise NotFound(f"charge {stripe_id} not found")
     currency, captured, snapshot_at, invoice, customer_qbo_id, invoice_qbo_id = row
-    if customer_qbo_id is None or (invoice is not None and invoice_qbo_id is None):
-        raise _Wait(stripe_id)
+    if customer_qbo_id is None:
+        raise _Wait("waiting for its customer to be in QuickBooks")
+    if invoice is not None and invoice_qbo_id is None:
+        raise _Wait(f"waiting for invoice {invoice} to be in QuickBooks")
     amount = _amount(captured, currency)
     body: dict[str, Any] = {
         "CustomerRef": {"value": customer_qbo_id},

@@ -276,3 +276,22 @@ def test_charges_become_payments_applied_to_their_invoices(
     ]
     unapplied = payments["Stripe charge ch_00001"]
     assert Decimal(str(unapplied["TotalAmt"])) == Decimal("50.00") and "Line" not in unapplied
+
+
+def test_invoices_of_a_refused_customer_wait_and_say_why_without_holding_up_others(
+    fake: FakeQuickBooks, realm: str, client_id: uuid.UUID
+) -> None:
+    from shared.services import quickbooks_sync
+
+    add_customers_and_invoices(client_id, customers=2, invoices=40)
+    # A customer of the same name already exists in QuickBooks: cus_00001 is refused.
+    fake.put(realm, "Customer", {"DisplayName": "Customer 1 (cus_00001)"})
+    outcome = quickbooks_sync.push_client(client_id, sleep=_no_sleep)
+
+    assert (outcome.synced, outcome.failed, outcome.waiting) == (1 + 20, 1, 20)
+    assert len(fake.all(realm, "Invoice")) == 20
+    state = quickbooks_sync.sync_state(client_id)
+    assert state["counts"]["Invoice"] == {"pending": 20, "synced": 20}
+    [refused] = state["problems"]
+    assert refused["fault"]["Error"][0]["code"] == "6240"
+    assert "Duplicate Name Exists Error" in refused["reason"]
