@@ -151,6 +151,7 @@ class QuickBooksApi:
         self._client.api_url_v3 = api_url
         self._client.sandbox = False
         self._client.session = _Transport(access_token, timeout_s)
+        self.access_token = access_token
 
     def _call(self, method: str, path: str, body: Any = None, **params: str) -> dict[str, Any]:
         url = f"{self._client.api_url}/company/{self.realm_id}/{path}"

@@ -98,9 +98,10 @@ def store_connection(
     return Connection(realm_id, client_id, environment, "active")
 
 
-def access_token(connection: Connection, *, force_refresh: bool = False) -> str:
-    """A valid access token for the realm, refreshed first when it is close to expiry (or
-    when ``force_refresh``, after a 401).
+def access_token(connection: Connection, *, rejected: str | None = None) -> str:
+    """A valid access token for the realm, refreshed first when it is close to expiry, or
+    when it is the token QuickBooks just ``rejected`` (401); a token another worker has
+    refreshed meanwhile is used as it is.
 
     Raises:
         NeedsReconnect: the connection is not active, or Intuit answered invalid_grant.
@@ -124,7 +125,7 @@ def access_token(connection: Connection, *, force_refresh: bool = False) -> str:
             raise NeedsReconnect(f"QuickBooks realm {connection.realm_id} has no stored tokens")
         tokens = qbo.Tokens.from_json(stored)
         fresh = tokens.access_expires_at - time.time() > QBO_REFRESH_MARGIN_S
-        if fresh and not force_refresh:
+        if fresh and tokens.access_token != rejected:
             return tokens.access_token
         renewed: qbo.Tokens | None
         try:
@@ -154,9 +155,10 @@ def access_token(connection: Connection, *, force_refresh: bool = False) -> str:
     return renewed.access_token
 
 
-def api_for(connection: Connection, *, force_refresh: bool = False) -> qbo.QuickBooksApi:
-    """The Accounting API of the connection's realm with a valid access token."""
-    token = access_token(connection, force_refresh=force_refresh)
+def api_for(connection: Connection, *, rejected: str | None = None) -> qbo.QuickBooksApi:
+    """The Accounting API of the connection's realm with a valid access token (see
+    ``access_token`` for ``rejected``)."""
+    token = access_token(connection, rejected=rejected)
     return qbo.QuickBooksApi(
         connection.realm_id,
         api_url(connection.environment),

@@ -35,7 +35,7 @@ NOT_FOUND_CODE = "610"
 @dataclass(frozen=True, slots=True)
 class ChangeOutcome:
     """What one change did to the mirror: ``applied``, ``stale`` (older than the mirror),
-    ``skipped`` (unknown or disconnected realm)."""
+    ``skipped`` (unknown or disconnected realm), ``ignored`` (an entity not mirrored)."""
 
     status: str
     state: str | None = None
@@ -57,6 +57,8 @@ def apply_change(
         if not isinstance(value, str) or not value:
             raise ValidationError(f"quickbooks change: field {name!r} is missing")
         fields[name] = value
+    if fields["entity"] not in CDC_ENTITIES:
+        return ChangeOutcome("ignored")
     connection = _active_connection(fields["realm_id"])
     if connection is None:
         return ChangeOutcome("skipped")

@@ -448,7 +448,9 @@ def call(session: ApiSession, request: Callable[[qbo.QuickBooksApi], T]) -> T:
         except qbo.AccessTokenRejected as exc:
             limits.release(lease, "ok")
             _give_up_after(attempt, settings.quickbooks_max_attempts, exc, realm)
-            session.api = connections.api_for(session.connection, force_refresh=True)
+            session.api = connections.api_for(
+                session.connection, rejected=session.api.access_token
+            )
             continue
         except BaseException:
             limits.release(lease, "ok")

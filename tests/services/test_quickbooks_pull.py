@@ -143,3 +143,14 @@ def test_cdc_brings_missed_changes_and_moves_the_cursor(
     # Accounts made before the connection are not changes; the second run found nothing
     # newer than the cursor.
     assert (first, again) == (2, 0)
+
+
+def test_changes_to_entities_not_mirrored_are_ignored_without_a_request(
+    fake: FakeQuickBooks, realm: str, client_id: uuid.UUID
+) -> None:
+    from shared.services import quickbooks_pull
+
+    outcome = quickbooks_pull.apply_change(_change(realm, "Class", "1234", "Create"))
+
+    assert outcome.status == "ignored"
+    assert fake.api_requests(realm) == 0
