@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -256,19 +257,18 @@ class OAuthClient:
             raise QuickBooksError(f"token endpoint unreachable: {exc}", retryable=True) from None
 
 
-_DECIMAL_MARK = re.compile(r'"\x00dec:(-?[0-9]+(?:\.[0-9]+)?)\x00"')
-
-
 def dumps(body: Any) -> str:
     """JSON of a request body, with Decimal amounts written as exact JSON numbers."""
+    # A fresh marker per call cannot occur in the body's own text.
+    marker = uuid.uuid4().hex
 
     def mark(value: object) -> str:
         if isinstance(value, Decimal):
-            return f"\x00dec:{value:f}\x00"
+            return f"{marker}{value:f}{marker}"
         raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
     text = json.dumps(body, default=mark)
-    return _DECIMAL_MARK.sub(lambda m: m.group(1), text.replace("\\u0000", "\x00"))
+    return re.sub(f'"{marker}(-?[0-9.]+){marker}"', lambda m: m.group(1), text)
 
 
 def _tokens(client: AuthClient) -> Tokens:

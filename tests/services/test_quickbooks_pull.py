@@ -3,6 +3,7 @@ merge), duplicates, entities deleted since, and Change Data Capture from the cur
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import CORPUS
 from tests.quickbooks_fake import FakeQuickBooks
 from tests.quickbooks_support import add_customers_and_invoices, configured, connect, settings_for
 
@@ -55,7 +57,8 @@ def test_a_created_customer_is_read_and_mirrored_once_even_when_delivered_twice(
 ) -> None:
     from shared.services import quickbooks_pull
 
-    made = fake.put(realm, "Customer", {"DisplayName": "Doe5, Jane"})
+    recorded = json.loads((CORPUS / "qbo" / "qboapi__customer_create_response.json").read_text())
+    made = fake.put(realm, "Customer", recorded["Customer"])
     change = _change(
         realm, "Customer", made["Id"], "Create", last_updated=made["MetaData"]["LastUpdatedTime"]
     )
