@@ -95,9 +95,9 @@ def test_resubmit_puts_a_copy_back_in_the_queue_and_reports_unknown_ids(broker):
 def test_unknown_queue_is_a_404_problem(broker):
     status, body = get("orders")
     assert status == 404
-    assert (
-        body["detail"]
-        == "queue 'orders' does not exist; queues: quickbooks-events, quickbooks-sync, stripe-events"
+    assert body["detail"] == (
+        "queue 'orders' does not exist; queues: quickbooks-events, quickbooks-sync, "
+        "stripe-events"
     )
     assert post("orders", {"message_ids": ["x"]})[0] == 404
 
