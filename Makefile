@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.requirements-installed
 NODE_STAMP := node_modules/.package-lock-installed
 
-.PHONY: setup run test lint format bench bench-webhooks queues clean deploy checkov gameday
+.PHONY: setup run test lint format bench bench-webhooks bench-quickbooks queues clean deploy checkov gameday
 
 setup: $(PY_STAMP) $(NODE_STAMP) local.settings.json
 
@@ -51,6 +51,10 @@ bench: setup
 # The webhook intake and billing benchmark alone.
 bench-webhooks: setup
 	$(BIN)/python -m bench.webhooks_bench $(WEBHOOKS_BENCH_ARGS)
+
+# The QuickBooks push benchmark alone (not part of `make bench`' import run).
+bench-quickbooks: setup
+	$(BIN)/python -m bench.quickbooks_bench $(QUICKBOOKS_BENCH_ARGS)
 
 # The Bicep queue definitions, from the one table in shared/messaging.py.
 queues: setup

@@ -4,8 +4,10 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from functions.billing import billing_bp
+from functions.documents import documents_bp
 from functions.ledger import imports_bp
 from functions.ops import ops_bp
+from functions.quickbooks import quickbooks_bp
 from functions.webhooks import intake_bp
 from shared import telemetry
 from shared.config import get_settings
@@ -18,7 +20,5 @@ app.register_functions(billing_bp)
 app.register_functions(imports_bp)
 app.register_functions(ops_bp)
 app.register_functions(intake_bp)
-
-from functions.documents import documents_bp  # noqa: E402 - appended with its capability
-
 app.register_functions(documents_bp)
+app.register_functions(quickbooks_bp)

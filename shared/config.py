@@ -51,6 +51,18 @@ DOCINTEL_TIMEOUT_S = 120
 DOCINTEL_MAX_ATTEMPTS = 4
 DOCINTEL_BREAKER_FAILURES = 5
 DOCINTEL_BREAKER_RESET_S = 60
+QBO_MAX_REQ_PER_MIN = 500
+QBO_MAX_CONCURRENT = 10
+QBO_RATE_WINDOW_S = 60.0
+QBO_TIMEOUT_S = 30.0
+QBO_BATCH_MAX_ITEMS = 30
+QBO_MAX_ATTEMPTS = 6
+QBO_BACKOFF_FIRST_S = 1.0
+QBO_BACKOFF_MAX_S = 60.0
+QBO_BREAKER_FAILURES = 5
+QBO_BREAKER_OPEN_S = 60.0
+QBO_REFRESH_MARGIN_S = 300
+QBO_CDC_SCHEDULE = "0 */15 * * * *"
 
 # A comma-separated list in the environment; secrets stay out of reprs.
 SecretList = Annotated[tuple[str, ...], NoDecode]
@@ -176,6 +188,78 @@ class Settings(BaseSettings):
 
     docintel_timeout_s: float = Field(default=DOCINTEL_TIMEOUT_S, alias="DOCINTEL_TIMEOUT_S", gt=0)
     """Longest one analysis (submit and polling) may take, in seconds."""
+    quickbooks_client_id: str = Field(default="", alias="QUICKBOOKS_CLIENT_ID")
+    """The Intuit app's OAuth client id."""
+
+    quickbooks_client_secret: str = Field(default="", alias="QUICKBOOKS_CLIENT_SECRET", repr=False)
+    """The Intuit app's OAuth client secret."""
+
+    quickbooks_redirect_uri: str = Field(default="", alias="QUICKBOOKS_REDIRECT_URI")
+    """Where Intuit's consent page sends the advisor back (``.../api/quickbooks/callback``)."""
+
+    quickbooks_oauth_discovery: str = Field(default="", alias="QUICKBOOKS_OAUTH_DISCOVERY")
+    """Intuit's OpenID discovery document: ``sandbox``, ``production`` or its URL. Empty
+    means the connection's environment."""
+
+    quickbooks_api_url: str = Field(default="", alias="QUICKBOOKS_API_URL")
+    """Base URL of the Accounting API (``.../v3``); empty means Intuit's URL for the
+    connection's environment (sandbox or production)."""
+
+    quickbooks_max_requests_per_window: int = Field(
+        default=QBO_MAX_REQ_PER_MIN, alias="QUICKBOOKS_MAX_REQUESTS_PER_WINDOW", ge=1
+    )
+    """Requests per realm per rate window, shared by every worker (QuickBooks allows 500 a
+    minute)."""
+
+    quickbooks_rate_window_s: float = Field(
+        default=QBO_RATE_WINDOW_S, alias="QUICKBOOKS_RATE_WINDOW_S", gt=0
+    )
+    """Length of the rate window, in seconds (60, as QuickBooks counts)."""
+
+    quickbooks_max_concurrent: int = Field(
+        default=QBO_MAX_CONCURRENT, alias="QUICKBOOKS_MAX_CONCURRENT", ge=1
+    )
+    """Requests per realm in flight at once, across all workers (QuickBooks allows 10)."""
+
+    quickbooks_timeout_s: float = Field(default=QBO_TIMEOUT_S, alias="QUICKBOOKS_TIMEOUT_S", gt=0)
+    """Longest wait for one QuickBooks answer, in seconds."""
+
+    quickbooks_batch_max_items: int = Field(
+        default=QBO_BATCH_MAX_ITEMS, alias="QUICKBOOKS_BATCH_MAX_ITEMS", ge=1, le=30
+    )
+    """Records per batch request (QuickBooks takes at most 30)."""
+
+    quickbooks_max_attempts: int = Field(
+        default=QBO_MAX_ATTEMPTS, alias="QUICKBOOKS_MAX_ATTEMPTS", ge=1
+    )
+    """Tries of one request on throttling, 5xx and timeouts before the sync gives up for now."""
+
+    quickbooks_backoff_first_s: float = Field(
+        default=QBO_BACKOFF_FIRST_S, alias="QUICKBOOKS_BACKOFF_FIRST_S", ge=0
+    )
+    """First backoff after a 5xx or timeout, in seconds; doubled per try, with jitter."""
+
+    quickbooks_breaker_failures: int = Field(
+        default=QBO_BREAKER_FAILURES, alias="QUICKBOOKS_BREAKER_FAILURES", ge=1
+    )
+    """Failures in a row that open a realm's circuit breaker."""
+
+    quickbooks_breaker_open_s: float = Field(
+        default=QBO_BREAKER_OPEN_S, alias="QUICKBOOKS_BREAKER_OPEN_S", gt=0
+    )
+    """How long an open breaker refuses requests to the realm, in seconds."""
+
+    key_vault_url: str = Field(default="", alias="KEY_VAULT_URL")
+    """Key Vault holding the QuickBooks refresh tokens (``https://<name>.vault.azure.net``).
+    Empty means the local encrypted secret store below."""
+
+    local_secret_store_path: str = Field(
+        default=".local/secrets.json", alias="LOCAL_SECRET_STORE_PATH"
+    )
+    """File of the local encrypted secret store (devhost only)."""
+
+    local_secret_store_key: str = Field(default="", alias="LOCAL_SECRET_STORE_KEY", repr=False)
+    """Fernet key of the local secret store; required when Key Vault is not configured."""
 
     @field_validator("stripe_webhook_secrets", "quickbooks_webhook_verifier_tokens", mode="before")
     @classmethod

@@ -14,6 +14,7 @@ from typing import Protocol
 STRIPE_EVENTS_QUEUE = "stripe-events"
 QUICKBOOKS_EVENTS_QUEUE = "quickbooks-events"
 DOCUMENT_EVENTS_QUEUE = "document-events"
+QUICKBOOKS_SYNC_QUEUE = "quickbooks-sync"
 
 SERVICE_BUS_CONNECTION = "ServiceBusConnection"
 """Name of the connection setting the Service Bus triggers use (``connection=``)."""
@@ -41,6 +42,9 @@ QUEUES: Mapping[str, QueueSpec] = {
         QueueSpec(QUICKBOOKS_EVENTS_QUEUE, requires_session=True),
         # Documents classified or reviewed, for the engagement waiting on them.
         QueueSpec(DOCUMENT_EVENTS_QUEUE, requires_session=False),
+        # Push work per QuickBooks realm, one push at a time per realm; a push may wait out
+        # the realm's rate limit, so its lock is the longest Service Bus allows.
+        QueueSpec(QUICKBOOKS_SYNC_QUEUE, requires_session=True, lock_duration_s=300),
     )
 }
 
