@@ -57,6 +57,15 @@ param stripeLivemode bool = false
 @description('The deployment\'s own Stripe account id (acct_...), or empty.')
 param stripeAccountId string = ''
 
+@description('Id of the Document Intelligence custom classifier; empty to use the prebuilt tax model.')
+param docIntelClassifierId string = ''
+
+@description('The Intuit app\'s OAuth client id (its secret goes in Key Vault by hand).')
+param quickbooksClientId string = ''
+
+@description('Public URL of /api/quickbooks/callback, as registered with the Intuit app.')
+param quickbooksRedirectUri string = ''
+
 var suffix = uniqueString(resourceGroup().id)
 var stem = 'advisoros-${environmentName}-${take(suffix, 6)}'
 var deploymentContainer = 'app-package'
@@ -66,9 +75,14 @@ var secretNames = {
   databaseUrl: 'database-url'
   stripeWebhookSecrets: 'stripe-webhook-secrets'
   quickbooksVerifierTokens: 'quickbooks-webhook-verifier-tokens'
+  quickbooksClientSecret: 'quickbooks-client-secret'
+  documentsFieldKey: 'documents-field-key'
 }
 
 var vaultName = 'kv-aos-${environmentName}-${take(suffix, 8)}'
+// QuickBooks refresh tokens rotate, so the app writes them: they live in a vault of their
+// own, where the app may write, while the vault of its settings stays read-only to it.
+var tokenVaultName = 'kv-aot-${environmentName}-${take(suffix, 8)}'
 // A Key Vault reference is this prefix, the secret name and ')'.
 var vaultRef = '@Microsoft.KeyVault(VaultName=${vaultName};SecretName='
 
@@ -93,6 +107,28 @@ var appSettings = {
   DB_STATEMENT_TIMEOUT_S: '600'
   DB_POOL_TIMEOUT_S: '30'
   LOG_LEVEL: 'INFO'
+  DOCUMENTS_MAX_BYTES: '52428800'
+  DOCUMENTS_MAX_PAGES: '200'
+  DOCUMENTS_REVIEW_THRESHOLD: '0.8'
+  DOCUMENTS_FIELD_KEY: '${vaultRef}${secretNames.documentsFieldKey})'
+  DOCINTEL_ENDPOINT: docIntel.outputs.endpoint
+  DOCINTEL_CLASSIFIER_ID: docIntelClassifierId
+  DOCINTEL_TIMEOUT_S: '120'
+  QUICKBOOKS_CLIENT_ID: quickbooksClientId
+  QUICKBOOKS_CLIENT_SECRET: '${vaultRef}${secretNames.quickbooksClientSecret})'
+  QUICKBOOKS_REDIRECT_URI: quickbooksRedirectUri
+  QUICKBOOKS_OAUTH_DISCOVERY: environmentName == 'prod' ? 'production' : 'sandbox'
+  QUICKBOOKS_API_URL: ''
+  QUICKBOOKS_MAX_REQUESTS_PER_WINDOW: '500'
+  QUICKBOOKS_RATE_WINDOW_S: '60'
+  QUICKBOOKS_MAX_CONCURRENT: '10'
+  QUICKBOOKS_TIMEOUT_S: '30'
+  QUICKBOOKS_BATCH_MAX_ITEMS: '30'
+  QUICKBOOKS_MAX_ATTEMPTS: '6'
+  QUICKBOOKS_BACKOFF_FIRST_S: '1'
+  QUICKBOOKS_BREAKER_FAILURES: '5'
+  QUICKBOOKS_BREAKER_OPEN_S: '60'
+  KEY_VAULT_URL: tokenVault.outputs.uri
 }
 
 module monitoring 'modules/monitoring.bicep' = {
@@ -128,6 +164,16 @@ module keyVault 'modules/keyvault.bicep' = {
   name: 'keyvault'
   params: {
     name: vaultName
+    location: location
+    secretNames: secretNames
+    workspaceId: monitoring.outputs.workspaceId
+  }
+}
+
+module tokenVault 'modules/keyvault.bicep' = {
+  name: 'tokenvault'
+  params: {
+    name: tokenVaultName
     location: location
     secretNames: secretNames
     workspaceId: monitoring.outputs.workspaceId
@@ -184,6 +230,7 @@ module roles 'modules/roles.bicep' = {
     storageAccountName: storage.outputs.name
     serviceBusName: serviceBus.outputs.name
     keyVaultName: keyVault.outputs.name
+    tokenVaultName: tokenVault.outputs.name
     docIntelName: docIntel.outputs.name
     appInsightsName: monitoring.outputs.appInsightsName
   }

@@ -26,6 +26,10 @@ param databaseUrl string = ''
 param stripeWebhookSecrets string = ''
 @secure()
 param quickbooksVerifierTokens string = ''
+@secure()
+param quickbooksClientSecret string = ''
+@secure()
+param documentsFieldKey string = ''
 
 @description('Days until a stored secret expires and must be rotated.')
 param secretLifetimeDays int = 180
@@ -77,6 +81,26 @@ resource quickbooksSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!
   name: secretNames.quickbooksVerifierTokens
   properties: {
     value: quickbooksVerifierTokens
+    contentType: 'text/plain'
+    attributes: { enabled: true, exp: expires }
+  }
+}
+
+resource quickbooksClientSecretSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(quickbooksClientSecret)) {
+  parent: vault
+  name: secretNames.quickbooksClientSecret
+  properties: {
+    value: quickbooksClientSecret
+    contentType: 'text/plain'
+    attributes: { enabled: true, exp: expires }
+  }
+}
+
+resource documentsFieldKeySecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(documentsFieldKey)) {
+  parent: vault
+  name: secretNames.documentsFieldKey
+  properties: {
+    value: documentsFieldKey
     contentType: 'text/plain'
     attributes: { enabled: true, exp: expires }
   }

@@ -7,6 +7,9 @@ param principalId string
 param storageAccountName string
 param serviceBusName string
 param keyVaultName string
+
+@description('Vault of the QuickBooks refresh tokens, which the app rotates and so writes.')
+param tokenVaultName string
 param docIntelName string
 param appInsightsName string
 
@@ -20,6 +23,8 @@ var roles = {
   serviceBusDataSender: '69a216fc-b8fb-44d8-bc22-1f3c2552a39e'
   serviceBusDataReceiver: '4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0'
   keyVaultSecretsUser: '4633458b-17de-408a-b874-0445c86b69e6'
+  // Read and write secrets, on the token vault only.
+  keyVaultSecretsOfficer: 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7'
   cognitiveServicesUser: 'a97b65f3-24c7-4388-baec-2e87135dc908'
   // Entra-authenticated telemetry ingestion into Application Insights.
   monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb'
@@ -43,6 +48,10 @@ resource serviceBus 'Microsoft.ServiceBus/namespaces@2022-10-01-preview' existin
 
 resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' existing = {
   name: keyVaultName
+}
+
+resource tokenVault 'Microsoft.KeyVault/vaults@2023-07-01' existing = {
+  name: tokenVaultName
 }
 
 resource docIntel 'Microsoft.CognitiveServices/accounts@2024-10-01' existing = {
@@ -84,6 +93,16 @@ resource keyVaultAssignment 'Microsoft.Authorization/roleAssignments@2022-04-01'
     principalId: principalId
     principalType: 'ServicePrincipal'
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsUser)
+  }
+}
+
+resource tokenVaultAssignment 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(tokenVault.id, principalId, roles.keyVaultSecretsOfficer)
+  scope: tokenVault
+  properties: {
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsOfficer)
   }
 }
 

@@ -29,6 +29,11 @@ LOCAL_ONLY_SETTINGS = {
     "AzureWebJobsStorage",
     # Connection-string form; Azure uses ServiceBusConnection__fullyQualifiedNamespace.
     "ServiceBusConnection",
+    # Azure calls Document Intelligence with the app's managed identity, not a key.
+    "DOCINTEL_KEY",
+    # The devhost's encrypted file of QuickBooks tokens; Azure keeps them in Key Vault.
+    "LOCAL_SECRET_STORE_PATH",
+    "LOCAL_SECRET_STORE_KEY",
 }
 
 # Settings whose values are credentials, besides the fields marked repr=False.
@@ -41,6 +46,8 @@ DATA_PLANE_ROLES = {
     "69a216fc-b8fb-44d8-bc22-1f3c2552a39e": "Azure Service Bus Data Sender",
     "4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0": "Azure Service Bus Data Receiver",
     "4633458b-17de-408a-b874-0445c86b69e6": "Key Vault Secrets User",
+    # On the QuickBooks token vault only: refresh tokens rotate, so the app writes them.
+    "b86a8fe4-44ce-4948-aee5-eccb2c155cd7": "Key Vault Secrets Officer",
     "a97b65f3-24c7-4388-baec-2e87135dc908": "Cognitive Services User",
     "3913510d-42f4-4e42-8a64-420c390055eb": "Monitoring Metrics Publisher",
 }
@@ -59,7 +66,7 @@ MONITORED_TYPES = {
 }
 
 # Role assignments are made on these resources (the existing references in roles.bicep).
-SCOPES = {"storage", "serviceBus", "keyVault", "docIntel", "appInsights"}
+SCOPES = {"storage", "serviceBus", "keyVault", "tokenVault", "docIntel", "appInsights"}
 
 # An app setting that is a Key Vault reference: the vault prefix, a secret name and ")".
 _KEY_VAULT_REF = re.compile(r"\$\{vaultRef\}\$\{secretNames\.(\w+)\}\)")
