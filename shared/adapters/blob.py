@@ -154,12 +154,15 @@ def _ensure_container(container: str) -> None:
 
 
 def ping() -> None:
-    """Ask the storage account for its properties (a cheap liveness probe).
+    """Ask for one page of one container name (a cheap reachability probe).
+
+    Listing containers is within Storage Blob Data Contributor, the app's role in Azure;
+    reading the account's service properties is not.
 
     Raises:
         UpstreamError: storage did not answer.
     """
     try:
-        _service().get_service_properties()
+        next(iter(_service().list_containers(results_per_page=1).by_page()), None)
     except AzureError as exc:
         raise _upstream("ping", "", "", exc) from exc
