@@ -67,7 +67,13 @@ class HttpServer:
         self._settings = settings
         self._prefix = "/" + settings.route_prefix if settings.route_prefix else ""
         self._runner: web.AppRunner | None = None
+        self._extra_routes: list[web.RouteDef] = []
+        self.durable_client: str | None = None
         self.port = settings.http_port
+
+    def add_routes(self, routes: list[web.RouteDef]) -> None:
+        """Serve these before the functions' routes (the Durable management API)."""
+        self._extra_routes.extend(routes)
 
     @property
     def base_url(self) -> str:
@@ -90,6 +96,7 @@ class HttpServer:
             ServiceError: the port is taken.
         """
         application = web.Application(client_max_size=self._settings.max_body_bytes)
+        application.router.add_routes(self._extra_routes)
         application.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(
             application, access_log=None, handle_signals=False, shutdown_timeout=HTTP_SHUTDOWN_S
@@ -164,7 +171,12 @@ class HttpServer:
         started = time.monotonic()
         fields = {"method": request.method, "path": request.path}
         try:
-            result = await self._invoker.call(spec, http_request, invocation_id=invocation_id)
+            extra = {}
+            if spec.durable_client and self.durable_client is not None:
+                extra[spec.durable_client] = self.durable_client
+            result = await self._invoker.call(
+                spec, http_request, invocation_id=invocation_id, extra=extra
+            )
             response = to_web_response(result)
         except Exception:
             log.exception(

@@ -31,6 +31,8 @@ TRIGGER_LABELS = {
     "blobTrigger": "blob",
     "timerTrigger": "timer",
     "serviceBusTrigger": "servicebus",
+    "orchestrationTrigger": "orchestrator",
+    "activityTrigger": "activity",
 }
 
 
@@ -149,13 +151,16 @@ class Invoker:
         invocation_id: str,
         retry_count: int = 0,
         max_retry_count: int = 0,
+        extra: dict[str, Any] | None = None,
     ) -> Any:
         """Invoke ``spec`` with its trigger value; returns what the function returned.
+
+        ``extra`` holds values of its other bindings, by name (the Durable client).
 
         Raises:
             Exception: whatever the function raised.
         """
-        kwargs: dict[str, Any] = {spec.trigger_name: trigger_value}
+        kwargs: dict[str, Any] = {spec.trigger_name: trigger_value, **(extra or {})}
         if _wants_context(spec):
             kwargs["context"] = InvocationContext(
                 invocation_id=invocation_id,
