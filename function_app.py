@@ -4,6 +4,7 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from functions.billing import billing_bp
+from functions.engagements import engagements_bp
 from functions.ledger import imports_bp
 from functions.ops import ops_bp
 from functions.webhooks import intake_bp
@@ -18,3 +19,4 @@ app.register_functions(billing_bp)
 app.register_functions(imports_bp)
 app.register_functions(ops_bp)
 app.register_functions(intake_bp)
+app.register_functions(engagements_bp)

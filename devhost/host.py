@@ -120,7 +120,7 @@ class DevHost:
             await self._start_durable()
         await self.http.start()
         if self.task_hub is not None:
-            self.http.durable_client = client_binding(
+            self.invoker.durable_client = client_binding(
                 f"http://127.0.0.1:{self.http.port}", self.task_hub.hub, self.settings.function_key
             )
         if watches:

@@ -68,7 +68,6 @@ class HttpServer:
         self._prefix = "/" + settings.route_prefix if settings.route_prefix else ""
         self._runner: web.AppRunner | None = None
         self._extra_routes: list[web.RouteDef] = []
-        self.durable_client: str | None = None
         self.port = settings.http_port
 
     def add_routes(self, routes: list[web.RouteDef]) -> None:
@@ -171,12 +170,7 @@ class HttpServer:
         started = time.monotonic()
         fields = {"method": request.method, "path": request.path}
         try:
-            extra = {}
-            if spec.durable_client and self.durable_client is not None:
-                extra[spec.durable_client] = self.durable_client
-            result = await self._invoker.call(
-                spec, http_request, invocation_id=invocation_id, extra=extra
-            )
+            result = await self._invoker.call(spec, http_request, invocation_id=invocation_id)
             response = to_web_response(result)
         except Exception:
             log.exception(

@@ -142,6 +142,8 @@ class Invoker:
             max_workers=thread_count, thread_name_prefix="devhost-function"
         )
         self._function_directory = function_directory
+        # The Durable client binding value, passed to functions that declare one.
+        self.durable_client: str | None = None
 
     async def call(
         self,
@@ -161,6 +163,8 @@ class Invoker:
             Exception: whatever the function raised.
         """
         kwargs: dict[str, Any] = {spec.trigger_name: trigger_value, **(extra or {})}
+        if spec.durable_client and self.durable_client is not None:
+            kwargs[spec.durable_client] = self.durable_client
         if _wants_context(spec):
             kwargs["context"] = InvocationContext(
                 invocation_id=invocation_id,

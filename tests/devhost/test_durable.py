@@ -130,7 +130,7 @@ class TestClientAndManagementApi:
         assert "already" in body["ExceptionMessage"]
 
     def test_sdk_client_raise_terminate_list_and_purge(self, host, loop_thread):
-        client = df.DurableOrchestrationClient(host.http.durable_client)
+        client = df.DurableOrchestrationClient(host.invoker.durable_client)
         prefix = f"sdk-{uuid.uuid4().hex[:6]}"
 
         async def scenario() -> tuple[Any, ...]:

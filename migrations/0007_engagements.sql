@@ -1,0 +1,70 @@
+-- Engagements: one row per client engagement, walked through its steps by a Durable
+-- orchestration whose instance id is derived from the row. The orchestration's own state
+-- lives in the task hub; these tables hold what the firm must be able to show afterwards.
+
+CREATE TABLE engagements (
+    id               uuid PRIMARY KEY,
+    client_id        uuid NOT NULL REFERENCES clients(id),
+    engagement_type  text NOT NULL,
+    period           text NOT NULL,
+    instance_id      text NOT NULL UNIQUE,
+    status           text NOT NULL DEFAULT 'open'
+                     CHECK (status IN ('open', 'delivered', 'closed', 'cancelled')),
+    fee_minor        bigint NOT NULL CHECK (fee_minor >= 0),
+    currency         char(3) NOT NULL,
+    stripe_invoice_id text,
+    deliverable      text,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    closed_at        timestamptz,
+    UNIQUE (client_id, engagement_type, period)
+);
+
+-- Documents that arrived and were classified for an engagement; one row per document.
+CREATE TABLE engagement_documents (
+    engagement_id uuid NOT NULL REFERENCES engagements(id),
+    client_id     uuid NOT NULL REFERENCES clients(id),
+    document_id   text NOT NULL,
+    doc_class     text NOT NULL,
+    received_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (engagement_id, document_id)
+);
+
+-- Notifications to the client or the advisor. Recorded here; an adapter that sends them
+-- reads from this table. The key makes a repeated activity record nothing new.
+CREATE TABLE engagement_notifications (
+    id              bigserial PRIMARY KEY,
+    engagement_id   uuid NOT NULL REFERENCES engagements(id),
+    client_id       uuid NOT NULL REFERENCES clients(id),
+    kind            text NOT NULL,
+    idempotency_key text NOT NULL UNIQUE,
+    body            jsonb NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now()
+);
+
+-- Events for waiting orchestrations (a document classified, an invoice paid), written in
+-- the transaction of the change that caused them and relayed to the task hub afterwards.
+CREATE TABLE engagement_events (
+    id            bigserial PRIMARY KEY,
+    engagement_id uuid NOT NULL REFERENCES engagements(id),
+    client_id     uuid NOT NULL REFERENCES clients(id),
+    instance_id   text NOT NULL,
+    event_name    text NOT NULL,
+    payload       jsonb NOT NULL,
+    dedupe_key    text NOT NULL UNIQUE,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    relayed_at    timestamptz
+);
+CREATE INDEX engagement_events_pending ON engagement_events (id) WHERE relayed_at IS NULL;
+
+ALTER TABLE engagements ENABLE ROW LEVEL SECURITY;
+CREATE POLICY engagements_client ON engagements
+    USING (app_client_visible(client_id)) WITH CHECK (app_client_visible(client_id));
+ALTER TABLE engagement_documents ENABLE ROW LEVEL SECURITY;
+CREATE POLICY engagement_documents_client ON engagement_documents
+    USING (app_client_visible(client_id)) WITH CHECK (app_client_visible(client_id));
+ALTER TABLE engagement_notifications ENABLE ROW LEVEL SECURITY;
+CREATE POLICY engagement_notifications_client ON engagement_notifications
+    USING (app_client_visible(client_id)) WITH CHECK (app_client_visible(client_id));
+ALTER TABLE engagement_events ENABLE ROW LEVEL SECURITY;
+CREATE POLICY engagement_events_client ON engagement_events
+    USING (app_client_visible(client_id)) WITH CHECK (app_client_visible(client_id));
