@@ -281,7 +281,7 @@ class TaskHub:
         pool_size: connections kept open.
     """
 
-    def __init__(self, database_url: str, hub: str = DEFAULT_HUB, pool_size: int = 8) -> None:
+    def __init__(self, database_url: str, hub: str = DEFAULT_HUB, pool_size: int = 16) -> None:
         self.hub = hub
         self.pool = AsyncConnectionPool(
             database_url,
@@ -665,13 +665,12 @@ class DurableEngine:
                 " WHERE id IN (SELECT id FROM devhost.durable_activities"
                 "   WHERE hub = %(hub)s AND visible_at <= now()"
                 "   AND (lease_until IS NULL OR lease_until < now())"
-                "   ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)"
+                "   ORDER BY id LIMIT %(n)s FOR UPDATE SKIP LOCKED)"
                 " RETURNING id, instance_id, execution_id, task_id, name, input",
-                {"o": self._owner, "l": self._lease_s, "hub": self.hub.hub},
+                {"o": self._owner, "l": self._lease_s, "hub": self.hub.hub, "n": CLAIM_BATCH},
             )
             rows = await cur.fetchall()
-        for row in rows:
-            await self._run_activity(*row)
+        await asyncio.gather(*(self._run_activity(*row) for row in rows))
         return len(rows)
 
     async def _run_activity(
@@ -729,25 +728,32 @@ class DurableEngine:
                 instance_id=instance_id,
             )
 
-        # The result is recorded in the transaction that settles the work item, or not at all.
-        async with self.hub.pool.connection() as conn, conn.transaction():
+        # The result is recorded in the statement that settles the work item, or not at all;
+        # an instance that ended or started over meanwhile gets nothing.
+        async with self.hub.pool.connection() as conn:
             cur = await conn.execute(
-                "DELETE FROM devhost.durable_activities WHERE id = %s AND lease_owner = %s",
-                (work_id, self._owner),
-            )
-            if cur.rowcount != 1:
-                log.warning(
-                    "activity %s of %s lost its lease; its result is dropped", name, instance_id
-                )
-                return
-            cur = await conn.execute(
-                "SELECT execution_id FROM devhost.durable_instances WHERE hub = %s AND"
-                " instance_id = %s AND status = ANY(%s)",
-                (self.hub.hub, instance_id, list(ACTIVE_STATUSES)),
+                "WITH done AS (DELETE FROM devhost.durable_activities"
+                "   WHERE id = %(id)s AND lease_owner = %(o)s RETURNING hub, instance_id,"
+                "   execution_id),"
+                " posted AS (INSERT INTO devhost.durable_inbox (hub, instance_id, event)"
+                "   SELECT d.hub, d.instance_id, %(ev)s FROM done d"
+                "   JOIN devhost.durable_instances i ON i.hub = d.hub"
+                "     AND i.instance_id = d.instance_id AND i.execution_id = d.execution_id"
+                "     AND i.status = ANY(%(active)s) RETURNING 1)"
+                " SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM posted)",
+                {
+                    "id": work_id,
+                    "o": self._owner,
+                    "ev": Jsonb(outcome),
+                    "active": list(ACTIVE_STATUSES),
+                },
             )
             row = await cur.fetchone()
-            if row is not None and row[0] == execution_id:
-                await self.hub._post(conn, instance_id, outcome, None)
+        if row is None or row[0] != 1:
+            log.warning(
+                "activity %s of %s lost its lease; its result is dropped", name, instance_id
+            )
+            return
         self._wake_orchestrators.set()
 
     # -- orchestrations ---------------------------------------------------------------------
@@ -762,13 +768,12 @@ class DurableEngine:
                 "   WHERE i.hub = %(hub)s AND (i.lease_until IS NULL OR i.lease_until < now())"
                 "   AND i.instance_id IN (SELECT m.instance_id FROM devhost.durable_inbox m"
                 "       WHERE m.hub = %(hub)s AND m.visible_at <= now())"
-                "   LIMIT 1 FOR UPDATE SKIP LOCKED)"
+                "   LIMIT %(n)s FOR UPDATE SKIP LOCKED)"
                 " RETURNING instance_id",
-                {"o": self._owner, "l": self._lease_s, "hub": self.hub.hub},
+                {"o": self._owner, "l": self._lease_s, "hub": self.hub.hub, "n": CLAIM_BATCH // 2},
             )
             rows = await cur.fetchall()
-        for (instance_id,) in rows:
-            await self._episode(str(instance_id))
+        await asyncio.gather(*(self._episode(str(r[0])) for r in rows))
         return len(rows)
 
     async def _episode(self, instance_id: str) -> None:

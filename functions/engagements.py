@@ -63,7 +63,9 @@ def engagement_v1(context: df.DurableOrchestrationContext) -> Generator[Any, Any
                 f"documents: {', '.join(sorted(missing))}",
                 reminders=reminders,
             )
-            arrived = context.wait_for_external_event(engagements.DOCUMENT_CLASSIFIED_EVENT)
+            arrived = context.wait_for_external_event(
+                engagements.document_event_name(documents_seen + 1)
+            )
             due = context.current_utc_datetime + timedelta(seconds=plan["reminder_interval_s"])
             reminder = context.create_timer(due)
             winner = yield context.task_any([arrived, reminder])

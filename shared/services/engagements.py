@@ -269,12 +269,19 @@ def notify_document_classified(
         ).fetchone()
         if fresh is None:
             continue
+        # Each document event has its own name (see document_event_name); the count
+        # includes this document, and concurrent notifications are serialised by the lock.
+        conn.execute("SELECT 1 FROM engagements WHERE id = %s FOR UPDATE", (engagement_id,))
+        count = conn.execute(
+            "SELECT count(*) FROM engagement_documents WHERE engagement_id = %s",
+            (engagement_id,),
+        ).fetchone()
         _queue_event(
             conn,
             engagement_id,
             client_id,
             instance_id,
-            DOCUMENT_CLASSIFIED_EVENT,
+            document_event_name(int(count[0]) if count else 1),
             {"document_id": document_id, "doc_class": doc_class},
             f"document:{engagement_id}:{document_id}",
         )
