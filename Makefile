@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.requirements-installed
 NODE_STAMP := node_modules/.package-lock-installed
 
-.PHONY: setup run test lint format bench bench-webhooks queues clean
+.PHONY: setup run test lint format bench bench-webhooks bench-durable queues clean
 
 setup: $(PY_STAMP) $(NODE_STAMP) local.settings.json
 
@@ -51,6 +51,10 @@ bench: setup
 # The webhook intake and billing benchmark alone.
 bench-webhooks: setup
 	$(BIN)/python -m bench.webhooks_bench $(WEBHOOKS_BENCH_ARGS)
+
+# The Durable engine benchmark: a six-activity chain and a fan-out, against direct calls.
+bench-durable: setup
+	$(BIN)/python -m bench.durable_bench $(DURABLE_BENCH_ARGS)
 
 # The Bicep queue definitions, from the one table in shared/messaging.py.
 queues: setup

@@ -778,29 +778,27 @@ class DurableEngine:
 
     async def _episode(self, instance_id: str) -> None:
         """Replay one instance with its due messages and record what it decided."""
+        # One round trip: the instance, its history and its due messages.
         async with self.hub.pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT name, execution_id, status, input, engine_state, parent_instance_id,"
-                " parent_task_id FROM devhost.durable_instances WHERE hub = %s AND"
-                " instance_id = %s AND lease_owner = %s",
+                "SELECT i.name, i.execution_id, i.status, i.input, i.engine_state,"
+                " i.parent_instance_id, i.parent_task_id,"
+                " (SELECT coalesce(jsonb_agg(h.event ORDER BY h.position), '[]')"
+                "    FROM devhost.durable_history h"
+                "    WHERE h.hub = i.hub AND h.instance_id = i.instance_id),"
+                " (SELECT coalesce(jsonb_agg(jsonb_build_array(m.id, m.event) ORDER BY m.id),"
+                "    '[]') FROM devhost.durable_inbox m WHERE m.hub = i.hub"
+                "    AND m.instance_id = i.instance_id AND m.visible_at <= now())"
+                " FROM devhost.durable_instances i WHERE i.hub = %s AND i.instance_id = %s"
+                " AND i.lease_owner = %s",
                 (self.hub.hub, instance_id, self._owner),
             )
             row = await cur.fetchone()
-            if row is None:
-                return
-            name, execution_id, status, input_json, raw_state, parent, parent_task = row
-            cur = await conn.execute(
-                "SELECT event FROM devhost.durable_history WHERE hub = %s AND instance_id = %s"
-                " ORDER BY position",
-                (self.hub.hub, instance_id),
-            )
-            history = [r[0] for r in await cur.fetchall()]
-            cur = await conn.execute(
-                "SELECT id, event FROM devhost.durable_inbox WHERE hub = %s AND"
-                " instance_id = %s AND visible_at <= now() ORDER BY id",
-                (self.hub.hub, instance_id),
-            )
-            messages = [(int(i), e) for i, e in await cur.fetchall()]
+        if row is None:
+            return
+        name, execution_id, status, input_json, raw_state, parent, parent_task = row[:7]
+        history: list[dict[str, Any]] = row[7]
+        messages = [(int(i), e) for i, e in row[8]]
 
         state = EngineState.load(raw_state)
         if status not in ACTIVE_STATUSES:
