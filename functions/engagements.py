@@ -16,7 +16,7 @@ import azure.functions as func
 from functions._http import from_error, json_response, problem
 from shared.config import get_settings
 from shared.errors import AdvisorError, ValidationError
-from shared.services import engagements
+from shared.services import engagements, month_end
 
 log = logging.getLogger(__name__)
 
@@ -317,6 +317,105 @@ async def engagement_event_relay(
                 extra={"instance_id": instance_id},
             )
         engagements.mark_relayed(event_id)
+
+
+@engagements_bp.orchestration_trigger(context_name="context")
+def month_end_close_v1(context: df.DurableOrchestrationContext) -> Generator[Any, Any, Any]:
+    """Close a bookkeeping client's month: checks per bank account (in parallel), the
+    QuickBooks sync request, the close report, then the period lock."""
+    request = context.get_input()
+    client_id, period = str(request["client_id"]), str(request["period"])
+    _status(context, "listing_bank_accounts", "the database")
+    accounts = yield context.call_activity("close_bank_accounts", client_id)
+
+    _status(context, "checking_accounts", f"{len(accounts)} bank account checks")
+    checks = yield context.task_all(
+        [
+            context.call_activity(
+                "close_check_account", {"client_id": client_id, "account_id": a, "period": period}
+            )
+            for a in accounts
+        ]
+    )
+
+    _status(context, "syncing_quickbooks", "the sync request to be queued")
+    message_id = yield context.call_activity(
+        "close_request_sync", {"client_id": client_id, "period": period}
+    )
+    _status(context, "writing_report", "Blob storage")
+    report = yield context.call_activity(
+        "close_write_report", {"client_id": client_id, "period": period, "checks": checks}
+    )
+    _status(context, "locking_period", "the database")
+    locked_through = yield context.call_activity(
+        "close_lock_period", {"client_id": client_id, "period": period}
+    )
+    _status(context, "closed", "nothing")
+    return {
+        "client_id": client_id,
+        "period": period,
+        "accounts": checks,
+        "quickbooks_sync_message": message_id,
+        "report": report,
+        "locked_through": locked_through,
+    }
+
+
+@engagements_bp.activity_trigger(input_name="client_id")
+def close_bank_accounts(client_id: str) -> list[int]:
+    """The client's bank accounts."""
+    return month_end.bank_accounts(uuid.UUID(client_id))
+
+
+@engagements_bp.activity_trigger(input_name="request")
+def close_check_account(request: dict[str, Any]) -> dict[str, Any]:
+    """One bank account's imports, reconciliation and uncategorised count."""
+    return month_end.check_account(
+        uuid.UUID(request["client_id"]), int(request["account_id"]), request["period"]
+    )
+
+
+@engagements_bp.activity_trigger(input_name="request")
+def close_request_sync(request: dict[str, Any]) -> str:
+    """Queue the period's QuickBooks sync."""
+    return month_end.request_quickbooks_sync(uuid.UUID(request["client_id"]), request["period"])
+
+
+@engagements_bp.activity_trigger(input_name="request")
+def close_write_report(request: dict[str, Any]) -> list[str]:
+    """Write the close report (JSON and CSV) to Blob storage."""
+    return month_end.write_report(
+        uuid.UUID(request["client_id"]), request["period"], request["checks"]
+    )
+
+
+@engagements_bp.activity_trigger(input_name="request")
+def close_lock_period(request: dict[str, Any]) -> str:
+    """Lock the period in the database."""
+    return month_end.lock_period(uuid.UUID(request["client_id"]), request["period"], ACTOR)
+
+
+@engagements_bp.route(route="clients/{client_id}/closes/{period}", methods=["POST"])
+@engagements_bp.durable_client_input(client_name="client")
+async def start_month_end_close(
+    req: func.HttpRequest, client: df.DurableOrchestrationClient
+) -> func.HttpResponse:
+    """Start the month-end close of a client's period; starting twice answers the same one."""
+    try:
+        client_id = _uuid(req.route_params.get("client_id"), "client_id")
+        period = str(req.route_params.get("period"))
+        instance_id = month_end.instance_id_for(client_id, period)
+        month_end.bank_accounts(client_id)
+    except AdvisorError as exc:
+        return from_error(exc)
+    existing = await client.get_status(instance_id)
+    created = existing is None or existing.runtime_status is None
+    if created:
+        await client.start_new(
+            month_end.ORCHESTRATOR, instance_id, {"client_id": str(client_id), "period": period}
+        )
+    response = client.create_check_status_response(req, instance_id)
+    return json_response(json.loads(response.get_body()), 202 if created else 200)
 
 
 def _json_body(req: func.HttpRequest) -> dict[str, Any]:

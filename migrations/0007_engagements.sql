@@ -68,3 +68,37 @@ CREATE POLICY engagement_notifications_client ON engagement_notifications
 ALTER TABLE engagement_events ENABLE ROW LEVEL SECURITY;
 CREATE POLICY engagement_events_client ON engagement_events
     USING (app_client_visible(client_id)) WITH CHECK (app_client_visible(client_id));
+
+-- Month-end close: once a client's period is closed, nothing dated in it or before it may
+-- be posted, by any path (imports, billing, manual entries); corrections go in dated in an
+-- open period. One row per client: the books are closed through locked_through.
+CREATE TABLE period_locks (
+    client_id      uuid PRIMARY KEY REFERENCES clients(id),
+    locked_through date NOT NULL,
+    locked_by      text NOT NULL,
+    locked_at      timestamptz NOT NULL DEFAULT now()
+);
+ALTER TABLE period_locks ENABLE ROW LEVEL SECURITY;
+CREATE POLICY period_locks_client ON period_locks
+    USING (app_client_visible(client_id)) WITH CHECK (app_client_visible(client_id));
+
+CREATE FUNCTION refuse_locked_period() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    through date;
+BEGIN
+    SELECT locked_through INTO through FROM period_locks WHERE client_id = NEW.client_id;
+    IF through IS NOT NULL AND NEW.booked_on <= through THEN
+        RAISE EXCEPTION 'the books of client % are closed through %: % dated % cannot be posted',
+            NEW.client_id, through, TG_TABLE_NAME, NEW.booked_on
+            USING ERRCODE = 'check_violation',
+                  HINT = 'post the correction dated after the closed period';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER journal_entries_locked_period BEFORE INSERT ON journal_entries
+    FOR EACH ROW EXECUTE FUNCTION refuse_locked_period();
+CREATE TRIGGER bank_transactions_locked_period BEFORE INSERT ON bank_transactions
+    FOR EACH ROW EXECUTE FUNCTION refuse_locked_period();

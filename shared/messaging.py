@@ -13,6 +13,7 @@ from typing import Protocol
 
 STRIPE_EVENTS_QUEUE = "stripe-events"
 QUICKBOOKS_EVENTS_QUEUE = "quickbooks-events"
+QUICKBOOKS_SYNC_QUEUE = "quickbooks-sync"
 
 SERVICE_BUS_CONNECTION = "ServiceBusConnection"
 """Name of the connection setting the Service Bus triggers use (``connection=``)."""
@@ -38,6 +39,8 @@ QUEUES: Mapping[str, QueueSpec] = {
         QueueSpec(STRIPE_EVENTS_QUEUE, requires_session=True),
         # Per QuickBooks realm order.
         QueueSpec(QUICKBOOKS_EVENTS_QUEUE, requires_session=True),
+        # Outbound QuickBooks sync requests, per client in turn (month-end close).
+        QueueSpec(QUICKBOOKS_SYNC_QUEUE, requires_session=True),
     )
 }
 

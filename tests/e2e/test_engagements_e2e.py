@@ -3,6 +3,7 @@ a Stripe invoice through a fake of its API, a kill in the middle, payment, deliv
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -193,3 +194,80 @@ def test_cancel_stops_the_orchestration(host: Devhost):
     body = _step(app, engagement_id)
     assert body["status"] == "cancelled"
     assert body["runtime_status"] == "Terminated"
+
+
+def _wait_done(app: App, status_url: str, timeout_s: float = 90) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    body: Any = None
+    while time.monotonic() < deadline:
+        status, body = app.call("GET", status_url.replace(app.base_url, ""), key=None)
+        if status == 200:
+            return dict(body)
+        time.sleep(0.2)
+    raise AssertionError(f"the close did not finish; last status {body}")
+
+
+def test_month_end_close_reports_syncs_and_locks_the_period(host: Devhost):
+    app = host.app
+    client_id = app.create_client("Bookkeeping client")
+    november = "Date,Description,Amount\n2026-11-03,Coffee beans,-12.50\n2026-11-20,Refund,4.00\n"
+    app.drop("ledger-imports", f"{client_id}/account-checking/nov.csv", november.encode())
+    assert app.wait_for_import(f"{client_id}/account-checking/nov.csv")["status"] == "imported"
+
+    status, started = app.call("POST", f"/api/clients/{client_id}/closes/2026-11")
+    assert status == 202, started
+    status, again = app.call("POST", f"/api/clients/{client_id}/closes/2026-11")
+    assert status == 200 and again["id"] == started["id"]
+    done = _wait_done(app, started["statusQueryGetUri"])
+    assert done["runtimeStatus"] == "Completed", done
+    output = done["output"]
+    (account,) = output["accounts"]
+    assert account["imports_present"] is True
+    assert account["transactions"] == 2
+    assert account["uncategorised"] == 2
+    assert account["reconciled"] is True
+    assert account["bank_total_minor"] == {"USD": -850}
+    assert output["locked_through"] == "2026-11-30"
+
+    # The report is in Blob storage, as JSON and CSV.
+    report = json.loads(
+        app.blobs.get_blob_client("close-reports", f"{client_id}/2026-11/close.json")
+        .download_blob()
+        .readall()
+    )
+    assert sum(line["balance_minor"] for line in report["trial_balance"]) == 0
+    assert {line["code"] for line in report["profit_and_loss"]} == {
+        "UNCATEGORISED-EXPENSE",
+        "UNCATEGORISED-INCOME",
+    }
+    csv_text = (
+        app.blobs.get_blob_client("close-reports", f"{client_id}/2026-11/close.csv")
+        .download_blob()
+        .readall()
+        .decode()
+    )
+    assert csv_text.splitlines()[0] == "section,code,name,type,currency,amount_minor"
+
+    # The QuickBooks sync request went out through the outbox, once.
+    rows = _rows(
+        app,
+        "SELECT queue, message_id FROM outbox WHERE message_id = %s",
+        f"qbo-sync:{client_id}:2026-11",
+    )
+    assert rows == [("quickbooks-sync", f"qbo-sync:{client_id}:2026-11")]
+
+    # The database refuses a posting dated in the closed period, imports included.
+    late = "Date,Description,Amount\n2026-11-28,Late fee,-3.00\n2026-12-02,Deposit,10.00\n"
+    app.drop("ledger-imports", f"{client_id}/account-checking/late.csv", late.encode())
+    outcome = app.wait_for_import(f"{client_id}/account-checking/late.csv")
+    assert outcome["status"] == "rejected", outcome
+    assert "closed through 2026-11-30" in json.dumps(outcome["report"]) + str(outcome["reason"])
+    with (
+        psycopg.connect(app.database_url) as conn,
+        pytest.raises(psycopg.errors.CheckViolation, match="closed through 2026-11-30"),
+    ):
+        conn.execute(
+            "INSERT INTO journal_entries (client_id, booked_on, memo, source)"
+            " VALUES (%s, '2026-11-15', 'backdated', 'manual')",
+            (client_id,),
+        )
