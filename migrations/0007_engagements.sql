@@ -82,23 +82,31 @@ ALTER TABLE period_locks ENABLE ROW LEVEL SECURITY;
 CREATE POLICY period_locks_client ON period_locks
     USING (app_client_visible(client_id)) WITH CHECK (app_client_visible(client_id));
 
+-- Checked once per statement over the rows it inserted, so a large import pays one join
+-- (nothing at all while no client has a lock) rather than a lookup per row.
 CREATE FUNCTION refuse_locked_period() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
-    through date;
+    hit record;
 BEGIN
-    SELECT locked_through INTO through FROM period_locks WHERE client_id = NEW.client_id;
-    IF through IS NOT NULL AND NEW.booked_on <= through THEN
+    SELECT n.client_id, n.booked_on, p.locked_through INTO hit
+    FROM period_locks p JOIN new_rows n
+      ON n.client_id = p.client_id AND n.booked_on <= p.locked_through
+    ORDER BY n.booked_on
+    LIMIT 1;
+    IF FOUND THEN
         RAISE EXCEPTION 'the books of client % are closed through %: % dated % cannot be posted',
-            NEW.client_id, through, TG_TABLE_NAME, NEW.booked_on
+            hit.client_id, hit.locked_through, TG_TABLE_NAME, hit.booked_on
             USING ERRCODE = 'check_violation',
                   HINT = 'post the correction dated after the closed period';
     END IF;
-    RETURN NEW;
+    RETURN NULL;
 END
 $$;
 
-CREATE TRIGGER journal_entries_locked_period BEFORE INSERT ON journal_entries
-    FOR EACH ROW EXECUTE FUNCTION refuse_locked_period();
-CREATE TRIGGER bank_transactions_locked_period BEFORE INSERT ON bank_transactions
-    FOR EACH ROW EXECUTE FUNCTION refuse_locked_period();
+CREATE TRIGGER journal_entries_locked_period AFTER INSERT ON journal_entries
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION refuse_locked_period();
+CREATE TRIGGER bank_transactions_locked_period AFTER INSERT ON bank_transactions
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION refuse_locked_period();
