@@ -56,6 +56,9 @@ def engagement_v1(context: df.DurableOrchestrationContext) -> Generator[Any, Any
             },
         )
         reminders = 0
+        # One wait per document, kept across reminders: a second wait for the same name
+        # would leave the first to take the event (the SDK completes the oldest).
+        arrived = None
         while missing:
             _status(
                 context,
@@ -63,9 +66,10 @@ def engagement_v1(context: df.DurableOrchestrationContext) -> Generator[Any, Any
                 f"documents: {', '.join(sorted(missing))}",
                 reminders=reminders,
             )
-            arrived = context.wait_for_external_event(
-                engagements.document_event_name(documents_seen + 1)
-            )
+            if arrived is None:
+                arrived = context.wait_for_external_event(
+                    engagements.document_event_name(documents_seen + 1)
+                )
             due = context.current_utc_datetime + timedelta(seconds=plan["reminder_interval_s"])
             reminder = context.create_timer(due)
             winner = yield context.task_any([arrived, reminder])
@@ -73,6 +77,7 @@ def engagement_v1(context: df.DurableOrchestrationContext) -> Generator[Any, Any
                 reminder.cancel()
                 documents_seen += 1
                 missing.discard(str(arrived.result.get("doc_class")))
+                arrived = None
                 continue
             reminders += 1
             kind_of = "escalation" if reminders > kind["max_reminders"] else "reminder"
@@ -113,9 +118,9 @@ def engagement_v1(context: df.DurableOrchestrationContext) -> Generator[Any, Any
     retry = df.RetryOptions(INVOICE_RETRY_MS, INVOICE_ATTEMPTS)
     invoice_id = yield context.call_activity_with_retry("engagement_invoice", retry, engagement_id)
     dunning = 0
+    paid = context.wait_for_external_event(engagements.INVOICE_PAID_EVENT)
     while True:
         _status(context, "awaiting_payment", f"invoice.paid for {invoice_id}", dunning=dunning)
-        paid = context.wait_for_external_event(engagements.INVOICE_PAID_EVENT)
         due = context.current_utc_datetime + timedelta(seconds=plan["dunning_interval_s"])
         timer = context.create_timer(due)
         winner = yield context.task_any([paid, timer])

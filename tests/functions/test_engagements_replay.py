@@ -173,3 +173,28 @@ def test_approvals_lead_to_the_invoice_with_retries(replay):
         "maxNumberOfAttempts": 5,
     }
     assert state["customStatus"] == {"step": "invoicing", "waiting_for": "Stripe"}
+
+
+def test_document_arriving_after_a_reminder_still_counts(replay):
+    history = _requested(History()).fired(2).completed(3, True)
+    history.raised("document_classified_1", {"doc_class": "w2"})
+    history.raised("document_classified_2", {"doc_class": "1099"})
+    state = replay(history)
+    assert state["customStatus"]["step"] == "review:preparer_review"
+
+
+def test_payment_after_a_dunning_reminder_is_taken(replay):
+    history = _requested(History())
+    history.raised("document_classified_1", {"doc_class": "w2"})
+    history.raised("document_classified_2", {"doc_class": "1099"})
+    history.raised("review_1", {"decision": "approve"})
+    history.raised("review_2", {"decision": "approve"})
+    # Tasks 2 and 3 were the reminder timers; 4 is the invoice, 5 the first dunning timer
+    # and 6 its reminder.
+    history.completed(4, "in_123").fired(5).completed(6, True)
+    history.raised("invoice_paid", {"stripe_invoice_id": "in_123"})
+    state = replay(history)
+    assert state["customStatus"] == {
+        "step": "delivering",
+        "waiting_for": "the deliverable to be recorded",
+    }
