@@ -271,3 +271,54 @@ def test_month_end_close_reports_syncs_and_locks_the_period(host: Devhost):
             " VALUES (%s, '2026-11-15', 'backdated', 'manual')",
             (client_id,),
         )
+
+
+# Scaled to what finishes reliably on a shared two-core machine (the engine runs about
+# 15-20 activities a second there); the 500 would take several minutes.
+MANY = 25
+
+
+def test_many_bookkeeping_engagements_at_once(host: Devhost, stripe_fake: FakeStripe):
+    app = host.app
+    client_ids = [app.create_client(f"Many {i}") for i in range(MANY)]
+    started = []
+    for client_id in client_ids:
+        status, body = app.call(
+            "POST",
+            "/api/engagements",
+            {
+                "client_id": client_id,
+                "engagement_type": "monthly_bookkeeping_close",
+                "period": "2026-10",
+            },
+        )
+        assert status == 202, body
+        started.append(body["engagement_id"])
+    with psycopg.connect(app.database_url) as conn:
+        for client_id in client_ids:
+            engagements.notify_document_classified(
+                uuid.UUID(client_id), "statement", "bank_statement", conn
+            )
+    for engagement_id in started:
+        _wait_step(app, engagement_id, "review:bookkeeper_review", timeout_s=180)
+        status, _ = app.call(
+            "POST", f"/api/engagements/{engagement_id}/events/review", {"decision": "approve"}
+        )
+        assert status == 202
+    invoices = {}
+    for engagement_id in started:
+        body = _wait_step(app, engagement_id, "awaiting_payment", timeout_s=180)
+        invoices[engagement_id] = body["custom_status"]["waiting_for"].split()[-1]
+    assert len(set(invoices.values())) == MANY
+    with psycopg.connect(app.database_url) as conn:
+        for invoice_id in invoices.values():
+            assert engagements.notify_invoice_paid(invoice_id, conn)
+    for engagement_id in started:
+        assert _wait_step(app, engagement_id, "closed", timeout_s=180)["status"] == "closed"
+    rows = _rows(
+        app,
+        "SELECT count(*) FROM engagements WHERE id = ANY(%s::uuid[])"
+        " AND status = 'closed' AND stripe_invoice_id IS NOT NULL",
+        started,
+    )
+    assert rows == [(MANY,)]
