@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.requirements-installed
 NODE_STAMP := node_modules/.package-lock-installed
 
-.PHONY: setup run test lint format bench bench-webhooks bench-quickbooks queues clean deploy checkov gameday
+.PHONY: setup run test lint format bench bench-webhooks bench-quickbooks bench-durable queues clean deploy checkov gameday
 
 setup: $(PY_STAMP) $(NODE_STAMP) local.settings.json
 
@@ -55,6 +55,10 @@ bench-webhooks: setup
 # The QuickBooks push benchmark alone (not part of `make bench`' import run).
 bench-quickbooks: setup
 	$(BIN)/python -m bench.quickbooks_bench $(QUICKBOOKS_BENCH_ARGS)
+
+# The Durable engine benchmark: a six-activity chain and a fan-out, against direct calls.
+bench-durable: setup
+	$(BIN)/python -m bench.durable_bench $(DURABLE_BENCH_ARGS)
 
 # The Bicep queue definitions, from the one table in shared/messaging.py.
 queues: setup

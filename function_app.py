@@ -5,6 +5,7 @@ import azure.functions as func
 
 from functions.billing import billing_bp
 from functions.documents import documents_bp
+from functions.engagements import engagements_bp
 from functions.ledger import imports_bp
 from functions.ops import ops_bp
 from functions.quickbooks import quickbooks_bp
@@ -22,3 +23,4 @@ app.register_functions(ops_bp)
 app.register_functions(intake_bp)
 app.register_functions(documents_bp)
 app.register_functions(quickbooks_bp)
+app.register_functions(engagements_bp)

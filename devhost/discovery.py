@@ -27,7 +27,18 @@ HTTP_TRIGGER = "httpTrigger"
 BLOB_TRIGGER = "blobTrigger"
 TIMER_TRIGGER = "timerTrigger"
 SERVICE_BUS_TRIGGER = "serviceBusTrigger"
-SERVED_TRIGGERS = frozenset({HTTP_TRIGGER, BLOB_TRIGGER, TIMER_TRIGGER, SERVICE_BUS_TRIGGER})
+ORCHESTRATION_TRIGGER = "orchestrationTrigger"
+ACTIVITY_TRIGGER = "activityTrigger"
+SERVED_TRIGGERS = frozenset(
+    {
+        HTTP_TRIGGER,
+        BLOB_TRIGGER,
+        TIMER_TRIGGER,
+        SERVICE_BUS_TRIGGER,
+        ORCHESTRATION_TRIGGER,
+        ACTIVITY_TRIGGER,
+    }
+)
 DURABLE_CLIENT = "durableClient"
 
 
@@ -57,6 +68,14 @@ class FunctionSpec:
         return str(self.trigger["name"])
 
     @property
+    def durable_client(self) -> str | None:
+        """The parameter name of its Durable client binding, or None without one."""
+        for binding in self.bindings:
+            if binding.get("type") == DURABLE_CLIENT:
+                return str(binding["name"])
+        return None
+
+    @property
     def served(self) -> bool:
         """True when the devhost dispatches this function."""
         return self.unserved is None
@@ -69,6 +88,14 @@ class LoadedApp:
     script_path: Path
     module_name: str
     functions: tuple[FunctionSpec, ...]
+
+    @property
+    def uses_durable(self) -> bool:
+        """True when the app has orchestrators, activities or Durable client bindings."""
+        return any(
+            f.trigger_type in (ORCHESTRATION_TRIGGER, ACTIVITY_TRIGGER) or f.durable_client
+            for f in self.functions
+        )
 
     def by_trigger(self, trigger_type: str) -> list[FunctionSpec]:
         """The served functions with the given trigger type."""
@@ -184,8 +211,7 @@ def _unserved_reason(
         others = [
             b for b in others if not (b.get("type") == "http" and b.get("name") == "$return")
         ]
-    if any(b.get("type") == DURABLE_CLIENT for b in others):
-        return "the Durable client binding is not served by devhost yet"
+    others = [b for b in others if b.get("type") != DURABLE_CLIENT]
     if others:
         kinds = ", ".join(sorted({f"{b.get('type')} ({b.get('name')})" for b in others}))
         return f"its other bindings are not served by devhost yet: {kinds}"

@@ -31,6 +31,8 @@ from devhost.discovery import (
     LoadedApp,
     load_app,
 )
+from devhost.durable import DurableEngine, TaskHub
+from devhost.durable_api import DurableApi, client_binding
 from devhost.errors import ConfigError, ServiceError
 from devhost.http_server import HttpServer
 from devhost.invoke import Invoker
@@ -97,6 +99,8 @@ class DevHost:
         self.poller: BlobPoller | None = None
         self.bus: BusDispatcher | None = None
         self._store: ReceiptStore | None = None
+        self.task_hub: TaskHub | None = None
+        self.durable: DurableEngine | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -112,7 +116,13 @@ class DevHost:
         jobs = timer_jobs(
             self.app.by_trigger(TIMER_TRIGGER), self._environ, time_zone(self.settings.time_zone)
         )
+        if self.app.uses_durable:
+            await self._start_durable()
         await self.http.start()
+        if self.task_hub is not None:
+            self.invoker.durable_client = client_binding(
+                f"http://127.0.0.1:{self.http.port}", self.task_hub.hub, self.settings.function_key
+            )
         if watches:
             if not self._database_url:
                 raise ConfigError("blob triggers need DATABASE_URL for their receipts")
@@ -135,6 +145,23 @@ class DevHost:
                 asyncio.create_task(TimerRunner(jobs, self.invoker).run(self._stop))
             )
 
+    async def _start_durable(self) -> None:
+        """Open the task hub, serve its management API, and run orchestrations."""
+        if not self._database_url:
+            raise ConfigError("Durable Functions need DATABASE_URL for the task hub")
+        self.task_hub = TaskHub(self._database_url, self.settings.durable_hub)
+        await self.task_hub.open()
+        self.durable = DurableEngine(
+            self.app,
+            self.task_hub,
+            self.invoker,
+            workers=self.settings.durable_workers,
+            lease_s=self.settings.durable_lease_s,
+            poll_interval_s=self.settings.durable_poll_interval_s,
+        )
+        self.http.add_routes(DurableApi(self.task_hub, self.durable).routes())
+        self._tasks.append(asyncio.create_task(self.durable.run(self._stop)))
+
     async def stop(
         self, *, grace_s: float = STOP_GRACE_S, force: asyncio.Event | None = None
     ) -> None:
@@ -156,6 +183,8 @@ class DevHost:
             await self.bus.close()
         if self._store is not None:
             await self._store.close()
+        if self.task_hub is not None:
+            await self.task_hub.close()
         self.invoker.shutdown(wait=False)
 
     async def _wind_down(self) -> None:

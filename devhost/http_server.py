@@ -67,7 +67,12 @@ class HttpServer:
         self._settings = settings
         self._prefix = "/" + settings.route_prefix if settings.route_prefix else ""
         self._runner: web.AppRunner | None = None
+        self._extra_routes: list[web.RouteDef] = []
         self.port = settings.http_port
+
+    def add_routes(self, routes: list[web.RouteDef]) -> None:
+        """Serve these before the functions' routes (the Durable management API)."""
+        self._extra_routes.extend(routes)
 
     @property
     def base_url(self) -> str:
@@ -90,6 +95,7 @@ class HttpServer:
             ServiceError: the port is taken.
         """
         application = web.Application(client_max_size=self._settings.max_body_bytes)
+        application.router.add_routes(self._extra_routes)
         application.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(
             application, access_log=None, handle_signals=False, shutdown_timeout=HTTP_SHUTDOWN_S

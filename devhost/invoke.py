@@ -31,6 +31,8 @@ TRIGGER_LABELS = {
     "blobTrigger": "blob",
     "timerTrigger": "timer",
     "serviceBusTrigger": "servicebus",
+    "orchestrationTrigger": "orchestrator",
+    "activityTrigger": "activity",
 }
 
 
@@ -140,6 +142,8 @@ class Invoker:
             max_workers=thread_count, thread_name_prefix="devhost-function"
         )
         self._function_directory = function_directory
+        # The Durable client binding value, passed to functions that declare one.
+        self.durable_client: str | None = None
 
     async def call(
         self,
@@ -149,13 +153,18 @@ class Invoker:
         invocation_id: str,
         retry_count: int = 0,
         max_retry_count: int = 0,
+        extra: dict[str, Any] | None = None,
     ) -> Any:
         """Invoke ``spec`` with its trigger value; returns what the function returned.
+
+        ``extra`` holds values of its other bindings, by name (the Durable client).
 
         Raises:
             Exception: whatever the function raised.
         """
-        kwargs: dict[str, Any] = {spec.trigger_name: trigger_value}
+        kwargs: dict[str, Any] = {spec.trigger_name: trigger_value, **(extra or {})}
+        if spec.durable_client and self.durable_client is not None:
+            kwargs[spec.durable_client] = self.durable_client
         if _wants_context(spec):
             kwargs["context"] = InvocationContext(
                 invocation_id=invocation_id,

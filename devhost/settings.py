@@ -185,6 +185,7 @@ class HostJson:
     bus_max_concurrent_calls: int | None = None
     bus_max_concurrent_sessions: int | None = None
     bus_max_lock_renewal_s: float | None = None
+    durable_hub: str | None = None
 
 
 def read_host_json(app_dir: Path) -> HostJson:
@@ -213,6 +214,7 @@ def read_host_json(app_dir: Path) -> HostJson:
         bus_max_concurrent_calls=int(calls) if calls is not None else None,
         bus_max_concurrent_sessions=int(sessions) if sessions is not None else None,
         bus_max_lock_renewal_s=_timespan_s(str(renewal)) if renewal is not None else None,
+        durable_hub=extensions.get("durableTask", {}).get("hubName"),
     )
 
 
@@ -250,6 +252,10 @@ class HostSettings:
     bus_max_concurrent_sessions: int = DEFAULT_BUS_MAX_CONCURRENT_SESSIONS
     bus_max_lock_renewal_s: float = DEFAULT_BUS_MAX_LOCK_RENEWAL_S
     time_zone: str | None = None
+    durable_hub: str = "DevhostHub"
+    durable_workers: int = 4
+    durable_lease_s: float = 30.0
+    durable_poll_interval_s: float = 0.1
 
     @classmethod
     def from_env(
@@ -298,6 +304,12 @@ class HostSettings:
                 hj.bus_max_concurrent_sessions or base.bus_max_concurrent_sessions
             ),
             bus_max_lock_renewal_s=hj.bus_max_lock_renewal_s or base.bus_max_lock_renewal_s,
+            durable_hub=hj.durable_hub or base.durable_hub,
+            durable_workers=env_int(env, "DEVHOST_DURABLE_WORKERS", base.durable_workers),
+            durable_lease_s=env_float(env, "DEVHOST_DURABLE_LEASE_S", base.durable_lease_s),
+            durable_poll_interval_s=env_float(
+                env, "DEVHOST_DURABLE_POLL_INTERVAL_S", base.durable_poll_interval_s
+            ),
             time_zone=env.get("WEBSITE_TIME_ZONE") or None,
         )
 

@@ -14,7 +14,7 @@ import azure.functions as func
 from functions._http import from_error, json_response, parse_uuid, route_uuid
 from shared.adapters.servicebus import get_sender
 from shared.config import QBO_CDC_SCHEDULE
-from shared.errors import AdvisorError, ValidationError
+from shared.errors import AdvisorError, NotFound, ValidationError
 from shared.messaging import QUICKBOOKS_EVENTS_QUEUE, QUICKBOOKS_SYNC_QUEUE, SERVICE_BUS_CONNECTION
 from shared.services import quickbooks_connections as connections
 from shared.services import quickbooks_pull, quickbooks_sync
@@ -45,7 +45,8 @@ def quickbooks_push(msg: func.ServiceBusMessage) -> None:
         return
     try:
         outcome = quickbooks_sync.push_client(client_id)
-    except connections.NeedsReconnect as exc:
+    except (connections.NeedsReconnect, NotFound) as exc:
+        # Not connected, or no longer: retrying cannot help until an advisor connects.
         log.error("quickbooks push skipped: %s", exc, extra={"client_id": str(client_id)})
         return
     log.info(

@@ -152,6 +152,33 @@ class Settings(BaseSettings):
     """The deployment's own Stripe account (``acct_...``): events that name no ``account``
     (all but Connect events) belong to it. Unset, such events cannot be applied."""
 
+    # Engagements
+    engagement_reminder_interval_s: float = Field(
+        default=3 * 86400, alias="ENGAGEMENT_REMINDER_INTERVAL_S", gt=0
+    )
+    """Seconds between reminders while an engagement waits for documents (times the type's
+    cadence); default 3 days."""
+
+    engagement_dunning_interval_s: float = Field(
+        default=7 * 86400, alias="ENGAGEMENT_DUNNING_INTERVAL_S", gt=0
+    )
+    """Seconds between payment reminders while an engagement's invoice is unpaid; 7 days."""
+
+    engagement_event_relay_schedule: str = Field(
+        default="*/5 * * * * *", alias="ENGAGEMENT_EVENT_RELAY_SCHEDULE", min_length=1
+    )
+    """NCRONTAB schedule of the relay that raises engagement events (documents classified,
+    invoices paid) in their orchestrations (six fields, seconds first)."""
+
+    stripe_api_key: str | None = Field(default=None, alias="STRIPE_API_KEY", repr=False)
+    """Secret key for Stripe API calls (invoices of engagements); a Key Vault reference in
+    Azure."""
+
+    stripe_api_base: str = Field(
+        default="https://api.stripe.com", alias="STRIPE_API_BASE", min_length=1
+    )
+    """Base URL of the Stripe API; tests point it at a local fake."""
+
     log_level: str = Field(
         default="INFO", alias="LOG_LEVEL", pattern="^(DEBUG|INFO|WARNING|ERROR)$"
     )
@@ -280,6 +307,7 @@ class Settings(BaseSettings):
         return None if value == "" else value
 
     @field_validator("stripe_account_id", mode="before")
+    @field_validator("stripe_account_id", "stripe_api_key", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # local.settings.json lists every setting, unset ones as "".

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import stripe
 
-from shared.errors import ConfigError, ValidationError
+from shared.errors import ConfigError, UpstreamError, ValidationError
 
 
 def verify_signature(payload: bytes, header: str | None, secrets: Sequence[str]) -> int:
@@ -62,3 +62,80 @@ def _timestamp(header: str) -> int:
                 return int(value.strip())
             break
     raise ValidationError("the Stripe-Signature header has no valid t= timestamp")
+
+
+def create_invoice(
+    *,
+    api_key: str,
+    api_base: str,
+    customer_key: str,
+    customer_name: str,
+    amount_minor: int,
+    currency: str,
+    description: str,
+    idempotency_key: str,
+    metadata: dict[str, str],
+) -> str:
+    """Create, fill and finalise one Stripe invoice, safely repeatable.
+
+    Each of the four calls carries an idempotency key derived from ``idempotency_key``, so a
+    repeat after a crash gets Stripe's stored answers instead of a second invoice. Sibling of
+    ``verify_signature``, which checks what Stripe sends back about it.
+
+    Args:
+        api_key: the secret key.
+        api_base: the API's base URL (tests point it at a local fake).
+        customer_key: a stable key for the customer (the client id).
+        customer_name: shown on the invoice.
+        amount_minor: the fee, in minor units of ``currency``.
+        currency: ISO 4217 code.
+        description: the invoice line.
+        idempotency_key: unique per invoice wanted (derived from the engagement).
+        metadata: kept on the invoice (the engagement id), so its events can be matched.
+
+    Returns:
+        The finalised invoice's id (``in_...``).
+
+    Raises:
+        UpstreamError: Stripe refused or could not be reached; ``retryable`` says whether
+            the same call may be tried again.
+    """
+    client = stripe.StripeClient(api_key, base_addresses={"api": api_base}, max_network_retries=2)
+    try:
+        customer = client.v1.customers.create(
+            params={"name": customer_name, "metadata": {"client_id": customer_key}},
+            options={"idempotency_key": f"{idempotency_key}:customer"},
+        )
+        invoice = client.v1.invoices.create(
+            params={
+                "customer": customer.id,
+                "collection_method": "send_invoice",
+                "days_until_due": 14,
+                "currency": currency.lower(),
+                "metadata": metadata,
+            },
+            options={"idempotency_key": f"{idempotency_key}:invoice"},
+        )
+        client.v1.invoice_items.create(
+            params={
+                "customer": customer.id,
+                "invoice": str(invoice.id),
+                "amount": amount_minor,
+                "currency": currency.lower(),
+                "description": description,
+            },
+            options={"idempotency_key": f"{idempotency_key}:item"},
+        )
+        final = client.v1.invoices.finalize_invoice(
+            str(invoice.id), options={"idempotency_key": f"{idempotency_key}:finalize"}
+        )
+    except stripe.StripeError as exc:
+        status = exc.http_status or 0
+        raise UpstreamError(
+            f"Stripe refused the invoice: {exc.user_message or exc}",
+            provider="stripe",
+            status=status,
+            request_id=exc.request_id,
+            retryable=status == 0 or status == 429 or status >= 500,
+        ) from exc
+    return str(final.id)

@@ -28,7 +28,7 @@ from shared.adapters import postgres
 from shared.config import get_settings
 from shared.domain.money import exponent, normalise_currency
 from shared.errors import Conflict, NotFound, ValidationError
-from shared.services import audit, clients
+from shared.services import audit, clients, engagements
 
 log = logging.getLogger(__name__)
 
@@ -746,6 +746,9 @@ def _invoice(work: _Work, obj: _Fields) -> None:
     )
     if stored:
         _replace_invoice_lines(work, invoice_id, currency, lines)
+    if status == "paid":
+        # An engagement waiting for this invoice is told in this same transaction.
+        engagements.notify_invoice_paid(invoice_id, work.conn)
 
     # A paid, voided or uncollectible invoice was finalised: its receivable posts from
     # whichever of these events comes first.

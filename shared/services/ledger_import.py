@@ -199,6 +199,18 @@ def import_blob(blob_name: str) -> ImportOutcome:
                 Rejected(f"the file holds data the ledger cannot store: {reason}"),
                 spool,
             )
+        except psycopg.errors.CheckViolation as exc:
+            # The database refuses postings dated in a closed period (month-end close).
+            reason = exc.diag.message_primary or str(exc)
+            if "are closed through" not in reason:
+                raise
+            outcome = _reject(
+                blob_name,
+                header,
+                started,
+                Rejected(f"the file has transactions in a closed period: {reason}"),
+                spool,
+            )
         except Rejected as rejected:
             outcome = _reject(blob_name, header, started, rejected, spool)
         _publish(outcome)
