@@ -306,7 +306,6 @@ class Settings(BaseSettings):
     def _empty_setting_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator("stripe_account_id", mode="before")
     @field_validator("stripe_account_id", "stripe_api_key", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
