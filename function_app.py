@@ -6,6 +6,7 @@ import azure.functions as func
 from functions.billing import billing_bp
 from functions.ledger import imports_bp
 from functions.ops import ops_bp
+from functions.portal import portal_bp
 from functions.webhooks import intake_bp
 from shared import telemetry
 from shared.config import get_settings
@@ -18,3 +19,4 @@ app.register_functions(billing_bp)
 app.register_functions(imports_bp)
 app.register_functions(ops_bp)
 app.register_functions(intake_bp)
+app.register_functions(portal_bp)
