@@ -67,7 +67,9 @@ def _provision(database_url: str, args: argparse.Namespace, user_name: str) -> N
     with psycopg.connect(database_url) as conn:
         firm = args.firm
         if args.client is not None:
-            row = conn.execute("SELECT firm_id FROM clients WHERE id = %s", (args.client,)).fetchone()
+            row = conn.execute(
+                "SELECT firm_id FROM clients WHERE id = %s", (args.client,)
+            ).fetchone()
             if row is None:
                 raise AdvisorError(f"client {args.client} does not exist")
             firm = firm or row[0]

@@ -490,7 +490,7 @@ def import_report(
     ).fetchone()
     if row is None:
         raise NotFound(f"import {import_id} not found")
-    return m.ImportReport(import_=_import(row[:-1]), report=row[-1])
+    return m.ImportReport.model_validate({"import": _import(row[:-1]), "report": row[-1]})
 
 
 # -- Billing -------------------------------------------------------------------------------

@@ -32,14 +32,20 @@ def test_every_table_with_a_client_column_has_row_security(services: dict[str, s
         ).fetchall()
 
     unprotected = [name for name, enabled, has_policy in rows if not (enabled and has_policy)]
-    assert {name for name, _, _ in rows} >= {"accounts", "journal_lines", "audit_log", "stripe_invoices"}
+    assert {name for name, _, _ in rows} >= {
+        "accounts",
+        "journal_lines",
+        "audit_log",
+        "stripe_invoices",
+    }
     assert unprotected == []
 
 
 def test_the_api_role_cannot_bypass_row_security(services: dict[str, str]) -> None:
     with psycopg.connect(services["DATABASE_URL"]) as conn:
         row = conn.execute(
-            "SELECT rolsuper, rolbypassrls, rolcanlogin FROM pg_roles WHERE rolname = 'advisoros_api'"
+            "SELECT rolsuper, rolbypassrls, rolcanlogin FROM pg_roles"
+            " WHERE rolname = 'advisoros_api'"
         ).fetchone()
         owned = conn.execute(
             "SELECT count(*) FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner"
@@ -69,7 +75,8 @@ def test_the_api_role_sees_only_the_client_its_transaction_names(
         staff_view = conn.execute("SELECT DISTINCT client_id FROM bank_transactions").fetchall()
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute(
-                "INSERT INTO accounts (client_id, code, name, type) VALUES (%s, 'X', 'X', 'asset')",
+                "INSERT INTO accounts (client_id, code, name, type)"
+                " VALUES (%s, 'X', 'X', 'asset')",
                 (stranger,),
             )
 
@@ -101,10 +108,16 @@ def test_another_clients_ids_answer_as_ids_that_do_not_exist(
         "client user": make_user(firm, "client_user", client_id),
         "advisor of another firm": make_user(other_firm, "firm_admin"),
     }
-    real = {"client_id": str(victim), "transaction_id": str(victim_txn),
-            "import_id": str(victim_import[0])}
-    missing = {"client_id": str(uuid.uuid4()), "transaction_id": "999999999",
-               "import_id": "999999999"}
+    real = {
+        "client_id": str(victim),
+        "transaction_id": str(victim_txn),
+        "import_id": str(victim_import[0]),
+    }
+    missing = {
+        "client_id": str(uuid.uuid4()),
+        "transaction_id": "999999999",
+        "import_id": "999999999",
+    }
     bodies = {"PATCH": {"name": "Taken"}, "PUT": {"account_code": "6100"}}
 
     checked = 0

@@ -12,13 +12,27 @@ from tests.portal.conftest import send
 
 
 def test_prints_a_token_the_portal_accepts(
-    portal: None, firm: uuid.UUID, client_id: uuid.UUID, tmp_path: Path,
+    portal: None,
+    firm: uuid.UUID,
+    client_id: uuid.UUID,
+    tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from devhost.cli import main
 
-    code = main(["--app-dir", str(tmp_path), "token", "--role", "client_user",
-                 "--client", str(client_id), "--user", "viewer@example.test"])
+    code = main(
+        [
+            "--app-dir",
+            str(tmp_path),
+            "token",
+            "--role",
+            "client_user",
+            "--client",
+            str(client_id),
+            "--user",
+            "viewer@example.test",
+        ]
+    )
     token = capsys.readouterr().out.strip()
     answer = send("GET", "v1/clients", token)
 
@@ -27,7 +41,10 @@ def test_prints_a_token_the_portal_accepts(
 
 
 def test_is_refused_in_production(
-    portal: None, client_id: uuid.UUID, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    portal: None,
+    client_id: uuid.UUID,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from devhost.cli import main
@@ -37,8 +54,9 @@ def test_is_refused_in_production(
     monkeypatch.setenv("PORTAL_LOCAL_ISSUER", "false")
     get_settings.cache_clear()
 
-    code = main(["--app-dir", str(tmp_path), "token", "--role", "advisor",
-                 "--client", str(client_id)])
+    code = main(
+        ["--app-dir", str(tmp_path), "token", "--role", "advisor", "--client", str(client_id)]
+    )
 
     assert code == 1
     assert "refused when APP_ENVIRONMENT is production" in capsys.readouterr().err

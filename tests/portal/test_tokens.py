@@ -34,7 +34,7 @@ class Jwks:
         jwks = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            def do_GET(self) -> None:
                 jwks.fetches += 1
                 body = json.dumps({"keys": jwks.public_set()}).encode()
                 self.send_response(200)
@@ -118,48 +118,57 @@ def test_accepts_a_token_signed_by_the_issuer(jwks: Jwks, verifier: TokenVerifie
 def test_refuses_alg_none(jwks: Jwks, verifier: TokenVerifier) -> None:
     token = unsigned({"alg": "none", "typ": "JWT"}, claims())
 
-    with pytest.raises(Unauthenticated, match="^token algorithm 'none' is not allowed; allowed: RS256$"):
+    with pytest.raises(
+        Unauthenticated, match=r"^token algorithm 'none' is not allowed; allowed: RS256$"
+    ):
         verifier.verify(token)
 
 
 def test_refuses_hs256_signed_with_the_public_key(jwks: Jwks, verifier: TokenVerifier) -> None:
-    public_pem = jwks.keys["k1"].public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    public_pem = (
+        jwks.keys["k1"]
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     header = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "k1"}).encode())
     body = b64(json.dumps(claims()).encode())
     mac = hmac.new(public_pem, f"{header}.{body}".encode(), hashlib.sha256).digest()
 
-    with pytest.raises(Unauthenticated, match="^token algorithm 'HS256' is not allowed"):
+    with pytest.raises(Unauthenticated, match=r"^token algorithm 'HS256' is not allowed"):
         verifier.verify(f"{header}.{body}.{b64(mac)}")
 
 
 def test_refuses_another_audience(jwks: Jwks, verifier: TokenVerifier) -> None:
-    with pytest.raises(Unauthenticated, match=r"^the token's audience is not this API \(expected api://advisoros\)$"):
+    with pytest.raises(
+        Unauthenticated,
+        match=r"^the token's audience is not this API \(expected api://advisoros\)$",
+    ):
         verifier.verify(sign(jwks, aud="api://someone-else"))
 
 
 def test_refuses_an_untrusted_issuer(jwks: Jwks, verifier: TokenVerifier) -> None:
-    with pytest.raises(Unauthenticated, match="^token issuer 'https://evil.test/' is not trusted$"):
+    with pytest.raises(
+        Unauthenticated, match=r"^token issuer 'https://evil.test/' is not trusted$"
+    ):
         verifier.verify(sign(jwks, iss="https://evil.test/"))
 
 
 def test_refuses_an_expired_token_beyond_the_skew(jwks: Jwks, verifier: TokenVerifier) -> None:
     now = int(time.time())
 
-    with pytest.raises(Unauthenticated, match="^the token has expired$"):
+    with pytest.raises(Unauthenticated, match=r"^the token has expired$"):
         verifier.verify(sign(jwks, iat=now - 700, nbf=now - 700, exp=now - 60))
     # Within the 30 s skew a just-expired token still passes.
     verifier.verify(sign(jwks, exp=now - 10))
 
 
 def test_refuses_a_token_not_valid_yet(jwks: Jwks, verifier: TokenVerifier) -> None:
-    with pytest.raises(Unauthenticated, match="^the token is not valid yet"):
+    with pytest.raises(Unauthenticated, match=r"^the token is not valid yet"):
         verifier.verify(sign(jwks, nbf=int(time.time()) + 300))
 
 
 def test_refuses_a_token_without_expiry(jwks: Jwks, verifier: TokenVerifier) -> None:
-    with pytest.raises(Unauthenticated, match="^the token has no 'exp' claim$"):
+    with pytest.raises(Unauthenticated, match=r"^the token has no 'exp' claim$"):
         verifier.verify(sign(jwks, exp=None))
 
 
@@ -167,15 +176,19 @@ def test_refuses_an_unknown_kid_after_refetching(jwks: Jwks, verifier: TokenVeri
     stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     token = jwt.encode(claims(), stranger, algorithm="RS256", headers={"kid": "k9"})
 
-    with pytest.raises(Unauthenticated, match="^the token's key 'k9' is not among entra's signing keys$"):
+    with pytest.raises(
+        Unauthenticated, match=r"^the token's key 'k9' is not among entra's signing keys$"
+    ):
         verifier.verify(token)
 
 
-def test_refuses_a_signature_by_another_key_under_a_known_kid(jwks: Jwks, verifier: TokenVerifier) -> None:
+def test_refuses_a_signature_by_another_key_under_a_known_kid(
+    jwks: Jwks, verifier: TokenVerifier
+) -> None:
     stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     token = jwt.encode(claims(), stranger, algorithm="RS256", headers={"kid": "k1"})
 
-    with pytest.raises(Unauthenticated, match="^the token's signature does not verify$"):
+    with pytest.raises(Unauthenticated, match=r"^the token's signature does not verify$"):
         verifier.verify(token)
 
 
@@ -201,7 +214,9 @@ def test_local_issuer_is_refused_in_production(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("PORTAL_LOCAL_ISSUER", "true")
     get_settings.cache_clear()
     try:
-        with pytest.raises(ConfigError, match="PORTAL_LOCAL_ISSUER is refused when APP_ENVIRONMENT is production"):
+        with pytest.raises(
+            ConfigError, match=r"PORTAL_LOCAL_ISSUER is refused when APP_ENVIRONMENT is production"
+        ):
             get_settings()
     finally:
         monkeypatch.undo()
@@ -216,14 +231,18 @@ def test_app_service_principal_is_used_only_when_configured(
 
     principal = base64.b64encode(
         json.dumps(
-            {"auth_typ": "aad", "name_typ": "name", "claims": [{"typ": "name", "val": "x@example.test"}]}
+            {
+                "auth_typ": "aad",
+                "name_typ": "name",
+                "claims": [{"typ": "name", "val": "x@example.test"}],
+            }
         ).encode()
     ).decode()
     headers = {"x-ms-client-principal": principal}
 
-    with pytest.raises(Unauthenticated, match="a bearer token is required"):
+    with pytest.raises(Unauthenticated, match=r"a bearer token is required"):
         identity.authenticate(headers)
     monkeypatch.setenv("PORTAL_APP_SERVICE_AUTH", "true")
     get_settings.cache_clear()
-    with pytest.raises(Forbidden, match="user 'x@example.test' is not provisioned"):
+    with pytest.raises(Forbidden, match=r"user 'x@example.test' is not provisioned"):
         identity.authenticate(headers)
