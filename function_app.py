@@ -7,6 +7,7 @@ from functions.billing import billing_bp
 from functions.ledger import imports_bp
 from functions.ops import ops_bp
 from functions.portal import portal_bp
+from functions.scim import scim_bp
 from functions.webhooks import intake_bp
 from shared import telemetry
 from shared.config import get_settings
@@ -20,3 +21,4 @@ app.register_functions(imports_bp)
 app.register_functions(ops_bp)
 app.register_functions(intake_bp)
 app.register_functions(portal_bp)
+app.register_functions(scim_bp)

@@ -208,14 +208,25 @@ class Settings(BaseSettings):
     )
     """Largest ``limit`` a list endpoint takes; larger ones get 400."""
 
-    @field_validator("portal_jwt_algorithms", mode="before")
+    scim_bearer_tokens: SecretList = Field(default=(), alias="SCIM_BEARER_TOKENS", repr=False)
+    """Bearer secrets the identity provider's SCIM client sends, comma-separated (old and
+    new while rotating); empty refuses every SCIM request (503)."""
+
+    scim_firm_id: str | None = Field(
+        default=None,
+        alias="SCIM_FIRM_ID",
+        pattern="^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+    )
+    """The firm whose users and groups SCIM provisions."""
+
+    @field_validator("portal_jwt_algorithms", "scim_bearer_tokens", mode="before")
     @classmethod
     def _split_portal_list(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
-    @field_validator("portal_database_url", mode="before")
+    @field_validator("portal_database_url", "scim_firm_id", mode="before")
     @classmethod
     def _empty_portal_is_unset(cls, value: object) -> object:
         return None if value == "" else value
