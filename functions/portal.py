@@ -444,8 +444,16 @@ def _serve(req: func.HttpRequest, route: str) -> func.HttpResponse:
     _limiter().take(str(principal.user_id))
     op = next((o for o in OPERATIONS if o.route == route and o.method == req.method.upper()), None)
     if op is None:
-        return problem(405, "Method not allowed", f"{req.method} is not served on /api/{route}")
+        response = problem(
+            405, "Method not allowed", f"{req.method} is not served on /api/{route}"
+        )
+        response.headers["Allow"] = ", ".join(o.method for o in OPERATIONS if o.route == route)
+        return response
     query = _read_query(req, op)
+    media = (req.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if op.body is not None and media != "application/json":
+        detail = f"the body must be sent as application/json, not {media or 'no content type'}"
+        return problem(415, "Unsupported media type", detail)
     body = _read_body(req, op)
     params = dict(req.route_params)
     with postgres.scoped_transaction(
@@ -606,6 +614,7 @@ def _path_item(op: Operation) -> dict[str, Any]:
             "403": _problem_response("the user may not do this"),
             "404": _problem_response("not found, or not visible to the caller"),
             "413": _problem_response("body too large"),
+            "415": _problem_response("the body is not sent as application/json"),
             "429": _problem_response("rate limit reached; see Retry-After"),
         },
     }

@@ -92,7 +92,7 @@ def send(
     else:
         raise AssertionError(f"no portal route matches {path}")
     data = json.dumps(body).encode() if isinstance(body, dict) else (body or b"")
-    all_headers = dict(headers or {})
+    all_headers = {"Content-Type": "application/json", **(headers or {})}
     if token:
         all_headers["Authorization"] = f"Bearer {token}"
     url = f"/api/{path}" + (f"?{urlencode(params)}" if params else "")
