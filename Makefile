@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.requirements-installed
 NODE_STAMP := node_modules/.package-lock-installed
 
-.PHONY: setup run test lint format bench bench-webhooks queues clean
+.PHONY: setup run test lint format bench bench-webhooks queues clean bench-portal
 
 setup: $(PY_STAMP) $(NODE_STAMP) local.settings.json
 
@@ -51,6 +51,10 @@ bench: setup
 # The webhook intake and billing benchmark alone.
 bench-webhooks: setup
 	$(BIN)/python -m bench.webhooks_bench $(WEBHOOKS_BENCH_ARGS)
+
+# The portal API benchmark: GL pages, trial balances and P&L at 50 users against bare SQL.
+bench-portal: setup
+	$(BIN)/python -m bench.portal_bench $(PORTAL_BENCH_ARGS)
 
 # The Bicep queue definitions, from the one table in shared/messaging.py.
 queues: setup

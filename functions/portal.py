@@ -375,11 +375,14 @@ def _enter_client(conn: psycopg.Connection, principal: identity.Principal, raw: 
         raise missing from None
     if principal.client_id is not None and principal.client_id != client_id:
         raise missing
-    # Under the firm's policy, staff see only their own firm's clients.
-    if conn.execute("SELECT 1 FROM clients WHERE id = %s", (client_id,)).fetchone() is None:
+    # Under the firm's policy, staff see only their own firm's clients; the one they name
+    # then becomes the transaction's client, in the same statement.
+    found = conn.execute(
+        "SELECT set_config('app.client_id', %s, true) FROM clients WHERE id = %s",
+        (str(client_id), client_id),
+    ).fetchone()
+    if found is None:
         raise missing
-    if principal.client_id is None:
-        conn.execute("SELECT set_config('app.client_id', %s, true)", (str(client_id),))
     return client_id
 
 
