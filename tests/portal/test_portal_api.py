@@ -268,3 +268,29 @@ def test_openapi_document_describes_every_operation() -> None:
     assert declared == published
     ledger = doc["paths"]["/api/v1/clients/{client_id}/general-ledger"]["get"]
     assert {p["name"] for p in ledger["parameters"]} >= {"client_id", "limit", "after", "from"}
+
+
+def test_a_body_not_sent_as_json_gets_415(firm: uuid.UUID) -> None:
+    advisor = make_user(firm, "advisor")
+
+    answer = send(
+        "POST",
+        "v1/clients",
+        advisor.token,
+        body={"name": "X"},
+        headers={"Content-Type": "text/plain"},
+    )
+
+    assert answer.status == 415
+    assert answer.json()["detail"] == "the body must be sent as application/json, not text/plain"
+
+
+def test_reference_page_lists_every_operation() -> None:
+    import azure.functions as func
+
+    from functions import portal as api
+
+    page = api.api_reference(func.HttpRequest("GET", "/api/docs", body=b"")).get_body().decode()
+
+    assert page.startswith("<!doctype html>")
+    assert all(f"id='{op.name}'" in page for op in api.OPERATIONS)
