@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.requirements-installed
 NODE_STAMP := node_modules/.package-lock-installed
 
-.PHONY: setup run test lint format bench bench-webhooks bench-quickbooks bench-durable queues clean deploy checkov gameday
+.PHONY: setup run test lint format bench bench-webhooks bench-quickbooks bench-durable bench-portal queues clean deploy checkov gameday
 
 setup: $(PY_STAMP) $(NODE_STAMP) local.settings.json
 
@@ -59,6 +59,10 @@ bench-quickbooks: setup
 # The Durable engine benchmark: a six-activity chain and a fan-out, against direct calls.
 bench-durable: setup
 	$(BIN)/python -m bench.durable_bench $(DURABLE_BENCH_ARGS)
+
+# The portal API benchmark: GL pages, trial balances and P&L at 50 users against bare SQL.
+bench-portal: setup
+	$(BIN)/python -m bench.portal_bench $(PORTAL_BENCH_ARGS)
 
 # The Bicep queue definitions, from the one table in shared/messaging.py.
 queues: setup

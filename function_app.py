@@ -8,7 +8,9 @@ from functions.documents import documents_bp
 from functions.engagements import engagements_bp
 from functions.ledger import imports_bp
 from functions.ops import ops_bp
+from functions.portal import portal_bp
 from functions.quickbooks import quickbooks_bp
+from functions.scim import scim_bp
 from functions.webhooks import intake_bp
 from shared import telemetry
 from shared.config import get_settings
@@ -24,3 +26,5 @@ app.register_functions(intake_bp)
 app.register_functions(documents_bp)
 app.register_functions(quickbooks_bp)
 app.register_functions(engagements_bp)
+app.register_functions(portal_bp)
+app.register_functions(scim_bp)

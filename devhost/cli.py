@@ -16,6 +16,7 @@ from azure.core.exceptions import AzureError, ResourceNotFoundError, ServiceRequ
 from azure.storage.blob import BlobServiceClient
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from devhost import tokens
 from devhost.blobs import DEFAULT_CONNECTION
 from devhost.errors import DevhostError
 from devhost.host import redact_url, run
@@ -42,6 +43,7 @@ commands:
   bus send QUEUE BODY         send a message to the local broker (--id, --session, ...)
   bus ls                      list the local broker's queues and their message counts
   bus dlq QUEUE               show a queue's dead letters (--max N)
+  token --role ROLE           print a local bearer token for the portal API (--client, --firm)
 """
 
 
@@ -109,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     dlq = bus_commands.add_parser("dlq", help="peek a queue's dead-letter queue")
     dlq.add_argument("queue")
     dlq.add_argument("--max", type=int, default=20, help="how many at most (default 20)")
+    tokens.add_parser(commands)
     return parser
 
 
@@ -240,6 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup_console_logging("WARNING")
         if args.command == "bus":
             return _bus_command(args)
+        if args.command == "token":
+            return tokens.token_command(args)
         return _blob_command(args)
     except DevhostError as exc:
         print(f"devhost: {exc}", file=sys.stderr)

@@ -63,6 +63,26 @@ QBO_BREAKER_FAILURES = 5
 QBO_BREAKER_OPEN_S = 60.0
 QBO_REFRESH_MARGIN_S = 300
 QBO_CDC_SCHEDULE = "0 */15 * * * *"
+PORTAL_API_ROLE = "advisoros_api"
+PORTAL_JWT_ALGORITHMS = ("RS256",)
+PORTAL_ASYMMETRIC_ALGORITHMS = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+)
+PORTAL_JWT_LEEWAY_S = 60
+PORTAL_JWKS_CACHE_S = 3600
+PORTAL_RATE_LIMIT_PER_MIN = 600
+PORTAL_MAX_BODY_BYTES = 64 * 1024
+PORTAL_MAX_PAGE_SIZE = 500
+PORTAL_LOCAL_KEY_DIR = ".local/portal-issuer"
 
 # A comma-separated list in the environment; secrets stay out of reprs.
 SecretList = Annotated[tuple[str, ...], NoDecode]
@@ -287,6 +307,99 @@ class Settings(BaseSettings):
 
     local_secret_store_key: str = Field(default="", alias="LOCAL_SECRET_STORE_KEY", repr=False)
     """Fernet key of the local secret store; required when Key Vault is not configured."""
+    # -- Portal API and identity -------------------------------------------------------
+
+    app_environment: str = Field(
+        default="production", alias="APP_ENVIRONMENT", pattern="^(development|test|production)$"
+    )
+    """``development``, ``test`` or ``production``; production refuses the local issuer."""
+
+    portal_database_url: str | None = Field(default=None, alias="PORTAL_DATABASE_URL")
+    """Postgres URL of the portal API's role (no BYPASSRLS). Unset: ``DATABASE_URL`` with
+    its user replaced by ``advisoros_api`` (enough for a local server with trust auth)."""
+
+    portal_identity_providers: str = Field(default="[]", alias="PORTAL_IDENTITY_PROVIDERS")
+    """JSON list of identity providers whose tokens the portal takes: each
+    ``{"name", "issuer", "audience", "jwks_url", "username_claim"?}`` (Entra ID, Okta)."""
+
+    portal_jwt_algorithms: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=PORTAL_JWT_ALGORITHMS, alias="PORTAL_JWT_ALGORITHMS"
+    )
+    """Signature algorithms a token may use, comma-separated; anything else is refused."""
+
+    portal_jwt_leeway_s: int = Field(
+        default=PORTAL_JWT_LEEWAY_S, alias="PORTAL_JWT_LEEWAY_S", ge=0, le=300
+    )
+    """Clock skew allowed on ``exp`` and ``nbf``, in seconds."""
+
+    portal_jwks_cache_s: int = Field(
+        default=PORTAL_JWKS_CACHE_S, alias="PORTAL_JWKS_CACHE_S", ge=1
+    )
+    """How long signing keys are kept before they are fetched again, in seconds (an
+    unknown ``kid`` fetches them at once)."""
+
+    portal_app_service_auth: bool = Field(default=False, alias="PORTAL_APP_SERVICE_AUTH")
+    """True only behind App Service Authentication: the ``X-MS-CLIENT-PRINCIPAL`` header
+    then names the user. Otherwise the header is ignored."""
+
+    portal_local_issuer: bool = Field(default=False, alias="PORTAL_LOCAL_ISSUER")
+    """Accept tokens of the local development issuer (``python -m devhost token``);
+    refused at start when ``APP_ENVIRONMENT`` is production."""
+
+    portal_local_key_dir: str = Field(default=PORTAL_LOCAL_KEY_DIR, alias="PORTAL_LOCAL_KEY_DIR")
+    """Where the local issuer keeps its signing key (created on first use)."""
+
+    portal_rate_limit_per_min: int = Field(
+        default=PORTAL_RATE_LIMIT_PER_MIN, alias="PORTAL_RATE_LIMIT_PER_MIN", ge=1
+    )
+    """Requests per user per minute, per worker; more get 429 with Retry-After."""
+
+    portal_max_body_bytes: int = Field(
+        default=PORTAL_MAX_BODY_BYTES, alias="PORTAL_MAX_BODY_BYTES", gt=0
+    )
+    """Largest portal request body, in bytes; larger ones get 413."""
+
+    portal_max_page_size: int = Field(
+        default=PORTAL_MAX_PAGE_SIZE, alias="PORTAL_MAX_PAGE_SIZE", ge=1
+    )
+    """Largest ``limit`` a list endpoint takes; larger ones get 400."""
+
+    scim_bearer_tokens: SecretList = Field(default=(), alias="SCIM_BEARER_TOKENS", repr=False)
+    """Bearer secrets the identity provider's SCIM client sends, comma-separated (old and
+    new while rotating); empty refuses every SCIM request (503)."""
+
+    scim_firm_id: str | None = Field(
+        default=None,
+        alias="SCIM_FIRM_ID",
+        pattern="^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+    )
+    """The firm whose users and groups SCIM provisions."""
+
+    @field_validator("portal_jwt_algorithms", "scim_bearer_tokens", mode="before")
+    @classmethod
+    def _split_portal_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("portal_database_url", "scim_firm_id", mode="before")
+    @classmethod
+    def _empty_portal_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _local_issuer_not_in_production(self) -> Settings:
+        if self.portal_local_issuer and self.app_environment == "production":
+            raise ValueError("PORTAL_LOCAL_ISSUER is refused when APP_ENVIRONMENT is production")
+        # Shared-secret algorithms would let anyone holding the public key sign tokens.
+        unsafe = set(self.portal_jwt_algorithms) - set(PORTAL_ASYMMETRIC_ALGORITHMS)
+        if unsafe or not self.portal_jwt_algorithms:
+            raise ValueError(
+                "PORTAL_JWT_ALGORITHMS must list only asymmetric algorithms ("
+                + ", ".join(PORTAL_ASYMMETRIC_ALGORITHMS)
+                + f"), not {', '.join(sorted(unsafe)) or 'nothing'}"
+            )
+        return self
 
     @field_validator("stripe_webhook_secrets", "quickbooks_webhook_verifier_tokens", mode="before")
     @classmethod

@@ -53,3 +53,23 @@ class UpstreamError(AdvisorError):
         if self.request_id:
             prefix += f" request {self.request_id}"
         return f"{prefix}] {super().__str__()}"
+
+
+class Unauthenticated(AdvisorError):
+    """No credential, or one that does not prove who the caller is; the message says why."""
+
+
+class Forbidden(AdvisorError):
+    """The caller is known but may not do this."""
+
+
+class RateLimited(AdvisorError):
+    """Too many requests from one caller.
+
+    Attributes:
+        retry_after_s: whole seconds until a request will be taken again.
+    """
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

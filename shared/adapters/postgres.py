@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
 from shared import telemetry
-from shared.config import get_settings
+from shared.config import PORTAL_API_ROLE, get_settings
 from shared.errors import UpstreamError
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,77 @@ def transaction() -> Iterator[psycopg.Connection]:
             pool().connection() as conn,
             conn.transaction(),
         ):
+            yield conn
+    except psycopg.OperationalError as exc:
+        log.error("postgres unavailable: %s", exc, extra={"system": "postgres"})
+        raise UpstreamError(
+            "the database is unavailable", provider="postgres", retryable=True
+        ) from exc
+
+
+# -- The portal API's connections ---------------------------------------------------------
+
+_api_pool: ConnectionPool | None = None
+
+
+def api_database_url() -> str:
+    """The portal API role's URL: ``PORTAL_DATABASE_URL``, else ``DATABASE_URL`` with the
+    user replaced by the API role (a local server with trust auth)."""
+    settings = get_settings()
+    if settings.portal_database_url:
+        return settings.portal_database_url
+    parts = urlsplit(settings.database_url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{PORTAL_API_ROLE}@{host}"))
+
+
+def api_pool() -> ConnectionPool:
+    """Return the worker's pool of the portal API role, opening it on first use."""
+    global _api_pool
+    with _pool_lock:
+        if _api_pool is None:
+            settings = get_settings()
+            _api_pool = ConnectionPool(
+                api_database_url(),
+                min_size=0,
+                max_size=settings.db_pool_max_size,
+                timeout=settings.db_pool_timeout_s,
+                configure=_configure,
+                open=True,
+                name="advisoros-api",
+            )
+        return _api_pool
+
+
+def close_api_pool() -> None:
+    """Close the portal API's pool (tests and scripts)."""
+    global _api_pool
+    with _pool_lock:
+        if _api_pool is not None:
+            _api_pool.close()
+            _api_pool = None
+
+
+@contextmanager
+def scoped_transaction(
+    *, firm_id: uuid.UUID, client_id: uuid.UUID | None, user_id: uuid.UUID
+) -> Iterator[psycopg.Connection]:
+    """Yield a connection of the API role inside one transaction that acts for a user.
+
+    Row-level security reads the three settings made here, so every statement of the
+    transaction sees only the firm's rows, and only one client's when ``client_id`` is set.
+
+    Raises:
+        UpstreamError: the database could not be reached (retryable).
+    """
+    try:
+        with api_pool().connection() as conn, conn.transaction():
+            conn.execute(
+                "SELECT set_config('app.firm_id', %s, true),"
+                " set_config('app.client_id', %s, true),"
+                " set_config('app.user_id', %s, true)",
+                (str(firm_id), str(client_id) if client_id else "", str(user_id)),
+            )
             yield conn
     except psycopg.OperationalError as exc:
         log.error("postgres unavailable: %s", exc, extra={"system": "postgres"})

@@ -1,0 +1,297 @@
+"""The portal API's request, query and response shapes; the OpenAPI document is generated
+from them, so what is declared here is what is checked and what is published."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Amount = Field(description="decimal string in the currency's own scale, debits positive")
+MinorUnits = Field(description="the same amount in integer minor units")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+# -- Queries -------------------------------------------------------------------------------
+
+
+class PageQuery(_Strict):
+    limit: int = Field(default=100, ge=1, description="rows per page (at most the page limit)")
+    after: str | None = Field(default=None, max_length=200, description="cursor of the last page")
+
+
+class LedgerPageQuery(PageQuery):
+    date_from: dt.date | None = Field(default=None, alias="from")
+    date_to: dt.date | None = Field(default=None, alias="to")
+    format: Literal["json", "csv"] = "json"
+
+
+class AsOfQuery(_Strict):
+    as_of: dt.date | None = Field(default=None, description="inclusive; default today")
+    format: Literal["json", "csv"] = "json"
+
+
+class PeriodQuery(_Strict):
+    date_from: dt.date = Field(alias="from")
+    date_to: dt.date = Field(alias="to")
+    format: Literal["json", "csv"] = "json"
+
+
+class FormatQuery(_Strict):
+    format: Literal["json", "csv"] = "json"
+
+
+class PagedFormatQuery(PageQuery):
+    format: Literal["json", "csv"] = "json"
+
+
+class NoQuery(_Strict):
+    pass
+
+
+# -- Bodies --------------------------------------------------------------------------------
+
+
+class ClientCreate(_Strict):
+    name: str = Field(min_length=1, max_length=200)
+    base_currency: str = Field(default="USD", pattern="^[A-Z]{3}$")
+
+
+class ClientUpdate(_Strict):
+    name: str = Field(min_length=1, max_length=200)
+
+
+class CategoryChange(_Strict):
+    account_code: str = Field(min_length=1, max_length=50, description="the new category")
+
+
+# -- Responses -----------------------------------------------------------------------------
+
+
+class Client(BaseModel):
+    id: uuid.UUID
+    name: str
+    base_currency: str
+    created_at: dt.datetime
+    archived_at: dt.datetime | None
+
+
+class ClientList(BaseModel):
+    clients: list[Client]
+    next: str | None = None
+
+
+class Account(BaseModel):
+    id: int
+    code: str
+    name: str
+    type: str
+
+
+class AccountList(BaseModel):
+    accounts: list[Account]
+
+
+class LedgerLine(BaseModel):
+    line_id: int
+    entry_id: int
+    booked_on: dt.date
+    reference: str | None
+    memo: str
+    source: str
+    account_code: str
+    account_name: str
+    currency: str
+    amount: str = Amount
+    amount_minor: int = MinorUnits
+
+
+class LedgerPage(BaseModel):
+    lines: list[LedgerLine]
+    next: str | None = Field(description="cursor of the next page; null on the last")
+
+
+class BalanceLine(BaseModel):
+    code: str
+    name: str
+    type: str
+    currency: str
+    balance: str = Amount
+    balance_minor: int = MinorUnits
+
+
+class TrialBalance(BaseModel):
+    as_of: dt.date
+    lines: list[BalanceLine]
+
+
+class Statement(BaseModel):
+    """Profit and loss for a period, or the balance sheet at a date."""
+
+    date_from: dt.date | None
+    date_to: dt.date
+    lines: list[BalanceLine]
+    totals: dict[str, dict[str, str]] = Field(
+        description="per section (income, expense, net, assets, ...), per currency"
+    )
+
+
+class BankTransaction(BaseModel):
+    id: int
+    booked_on: dt.date
+    description: str
+    currency: str
+    amount: str = Amount
+    amount_minor: int = MinorUnits
+    bank_account_code: str
+    category_code: str | None
+    category_name: str | None
+    import_id: int
+
+
+class BankTransactionPage(BaseModel):
+    transactions: list[BankTransaction]
+    next: str | None
+
+
+class Recategorised(BaseModel):
+    transaction: BankTransaction
+    reclassification_entry_id: int | None = Field(
+        description="the entry posted; null when the category was already this account"
+    )
+
+
+class ImportSummary(BaseModel):
+    id: int
+    blob_name: str
+    format: str | None
+    status: str
+    reason: str | None
+    rows_read: int
+    imported: int
+    duplicates: int
+    error_count: int
+    started_at: dt.datetime
+    finished_at: dt.datetime
+
+
+class ImportList(BaseModel):
+    imports: list[ImportSummary]
+
+
+class ImportReport(BaseModel):
+    import_: ImportSummary = Field(alias="import")
+    report: dict[str, Any]
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+
+class Invoice(BaseModel):
+    id: str
+    number: str | None
+    status: str
+    currency: str
+    total: str
+    total_minor: int
+    amount_due_minor: int
+    amount_paid_minor: int
+    updated_at: dt.datetime
+
+
+class InvoiceList(BaseModel):
+    invoices: list[Invoice]
+
+
+class Payment(BaseModel):
+    id: str
+    status: str
+    invoice: str | None
+    currency: str
+    amount: str
+    amount_minor: int
+    amount_refunded_minor: int
+    updated_at: dt.datetime
+
+
+class PaymentList(BaseModel):
+    payments: list[Payment]
+
+
+class AuditEntry(BaseModel):
+    id: int
+    seq: int
+    occurred_at: dt.datetime
+    actor: str
+    action: str
+    subject: str
+    details: dict[str, Any]
+
+
+class AuditPage(BaseModel):
+    entries: list[AuditEntry]
+    next: str | None
+
+
+class ChainBreak(BaseModel):
+    id: int
+    seq: int
+    problem: str
+
+
+class AuditVerification(BaseModel):
+    intact: bool
+    rows_checked: int
+    breaks: list[ChainBreak]
+
+
+class MonthAmount(BaseModel):
+    month: str = Field(description="YYYY-MM")
+    currency: str
+    amount: str
+    amount_minor: int
+
+
+class AgeingBucket(BaseModel):
+    bucket: Literal["current", "1-30", "31-60", "61-90", "90+"]
+    currency: str
+    amount: str
+    amount_minor: int
+    invoices: int
+
+
+class ExpenseLine(BaseModel):
+    code: str
+    name: str
+    currency: str
+    amount: str
+    amount_minor: int
+
+
+class Runway(BaseModel):
+    currency: str
+    cash: str
+    cash_minor: int
+    monthly_burn_minor: int = Field(description="average net cash outflow of the last 3 months")
+    months: str | None = Field(description="cash / burn, one decimal; null when not burning")
+
+
+class Insights(BaseModel):
+    revenue_by_month: list[MonthAmount]
+    receivables_ageing: list[AgeingBucket]
+    expense_breakdown: list[ExpenseLine]
+    cash_runway: list[Runway]
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    errors: list[dict[str, str]] | None = None

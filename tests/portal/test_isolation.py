@@ -1,0 +1,145 @@
+"""Per-client isolation: every client-owned table has a policy, the API's role cannot
+bypass them, and no route tells another client's ids from ids that do not exist."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import psycopg
+import pytest
+
+from tests.portal.conftest import make_user, seed_bank, send
+
+# Columns that say which client a row belongs to.
+OWNER_COLUMNS = ("client_id", "books_client_id")
+
+
+def test_every_table_with_a_client_column_has_row_security(services: dict[str, str]) -> None:
+    with psycopg.connect(services["DATABASE_URL"]) as conn:
+        rows = conn.execute(
+            """
+            SELECT DISTINCT c.relname, c.relrowsecurity,
+                   EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid)
+            FROM pg_class c
+            JOIN pg_namespace n ON n.oid = c.relnamespace
+            JOIN pg_attribute a ON a.attrelid = c.oid AND NOT a.attisdropped
+            WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')
+              AND a.attname = ANY(%s)
+            ORDER BY 1
+            """,
+            (list(OWNER_COLUMNS),),
+        ).fetchall()
+
+    unprotected = [name for name, enabled, has_policy in rows if not (enabled and has_policy)]
+    assert {name for name, _, _ in rows} >= {
+        "accounts",
+        "journal_lines",
+        "audit_log",
+        "stripe_invoices",
+    }
+    assert unprotected == []
+
+
+def test_the_api_role_cannot_bypass_row_security(services: dict[str, str]) -> None:
+    with psycopg.connect(services["DATABASE_URL"]) as conn:
+        row = conn.execute(
+            "SELECT rolsuper, rolbypassrls, rolcanlogin FROM pg_roles"
+            " WHERE rolname = 'advisoros_api'"
+        ).fetchone()
+        owned = conn.execute(
+            "SELECT count(*) FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner"
+            " WHERE r.rolname = 'advisoros_api'"
+        ).fetchone()
+
+    assert row == (False, False, True)
+    assert owned == (0,)
+
+
+def test_the_api_role_sees_only_the_client_its_transaction_names(
+    portal: None, firm: uuid.UUID, client_id: uuid.UUID
+) -> None:
+    from shared.adapters import postgres
+    from shared.services import clients
+
+    other_firm = clients.create_firm("Other firm")
+    stranger = clients.create_client(other_firm, "Stranger")
+    seed_bank(client_id, 2)
+    seed_bank(stranger, 3)
+    user = uuid.uuid4()
+
+    with postgres.scoped_transaction(firm_id=firm, client_id=client_id, user_id=user) as conn:
+        lines = conn.execute("SELECT DISTINCT client_id FROM journal_lines").fetchall()
+        firms = conn.execute("SELECT id FROM firms").fetchall()
+    with postgres.scoped_transaction(firm_id=firm, client_id=None, user_id=user) as conn:
+        staff_view = conn.execute("SELECT DISTINCT client_id FROM bank_transactions").fetchall()
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(
+                "INSERT INTO accounts (client_id, code, name, type)"
+                " VALUES (%s, 'X', 'X', 'asset')",
+                (stranger,),
+            )
+
+    assert lines == [(client_id,)]
+    assert firms == [(firm,)]
+    assert staff_view == [(client_id,)]
+
+
+def _fill(route: str, ids: dict[str, str]) -> str:
+    return re.sub(r"{(\w+)}", lambda m: ids[m.group(1)], route)
+
+
+def test_another_clients_ids_answer_as_ids_that_do_not_exist(
+    portal: None, firm: uuid.UUID, client_id: uuid.UUID
+) -> None:
+    """Every route, for a client user and for an advisor of another firm."""
+    from functions import portal as api
+    from shared.services import clients
+
+    victim = clients.create_client(firm, "Victim")
+    victim_txn = seed_bank(victim, 1)[0]
+    with psycopg.connect(__import__("os").environ["DATABASE_URL"]) as conn:
+        victim_import = conn.execute(
+            "SELECT id FROM ledger_imports WHERE client_id = %s", (victim,)
+        ).fetchone()
+    assert victim_import is not None
+    other_firm = clients.create_firm("Elsewhere")
+    outsiders = {
+        "client user": make_user(firm, "client_user", client_id),
+        "advisor of another firm": make_user(other_firm, "firm_admin"),
+    }
+    real = {
+        "client_id": str(victim),
+        "transaction_id": str(victim_txn),
+        "import_id": str(victim_import[0]),
+    }
+    missing = {
+        "client_id": str(uuid.uuid4()),
+        "transaction_id": "999999999",
+        "import_id": "999999999",
+    }
+    bodies = {"PATCH": {"name": "Taken"}, "PUT": {"account_code": "6100"}}
+
+    checked = 0
+    for who, user in outsiders.items():
+        for op in api.OPERATIONS:
+            if "{client_id}" not in op.route:
+                continue
+            path = op.route
+            body = bodies.get(op.method)
+            params = {"from": "2026-01-01", "to": "2026-12-31"} if "profit" in path else None
+            theirs = send(op.method, _fill(path, real), user.token, body=body, params=params)
+            nobody = send(op.method, _fill(path, missing), user.token, body=body, params=params)
+            context = f"{who}: {op.method} {path}"
+            assert theirs.status == nobody.status == 404, context
+            assert theirs.json()["detail"].replace(str(victim), "X") == nobody.json()[
+                "detail"
+            ].replace(missing["client_id"], "X"), context
+            checked += 1
+
+    assert checked == 2 * sum("{client_id}" in op.route for op in api.OPERATIONS)
+    # Nothing was changed on the way.
+    advisor = make_user(firm, "advisor")
+    assert send("GET", f"v1/clients/{victim}", advisor.token).json()["name"] == "Victim"
+    trail = send("GET", f"v1/clients/{victim}/audit-log", advisor.token).json()["entries"]
+    assert [e["action"] for e in trail] == ["client.created"]
