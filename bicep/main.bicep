@@ -66,6 +66,12 @@ param quickbooksClientId string = ''
 @description('Public URL of /api/quickbooks/callback, as registered with the Intuit app.')
 param quickbooksRedirectUri string = ''
 
+@description('JSON list of the identity providers whose tokens the portal API takes (Entra ID, Okta): each {"name", "issuer", "audience", "jwks_url"}.')
+param portalIdentityProviders string = '[]'
+
+@description('The firm that SCIM provisioning creates users in.')
+param scimFirmId string = ''
+
 var suffix = uniqueString(resourceGroup().id)
 var stem = 'advisoros-${environmentName}-${take(suffix, 6)}'
 var deploymentContainer = 'app-package'
@@ -77,6 +83,9 @@ var secretNames = {
   quickbooksVerifierTokens: 'quickbooks-webhook-verifier-tokens'
   quickbooksClientSecret: 'quickbooks-client-secret'
   documentsFieldKey: 'documents-field-key'
+  stripeApiKey: 'stripe-api-key'
+  portalDatabaseUrl: 'portal-database-url'
+  scimBearerTokens: 'scim-bearer-tokens'
 }
 
 var vaultName = 'kv-aos-${environmentName}-${take(suffix, 8)}'
@@ -129,6 +138,25 @@ var appSettings = {
   QUICKBOOKS_BREAKER_FAILURES: '5'
   QUICKBOOKS_BREAKER_OPEN_S: '60'
   KEY_VAULT_URL: tokenVault.outputs.uri
+  ENGAGEMENT_REMINDER_INTERVAL_S: '259200'
+  ENGAGEMENT_DUNNING_INTERVAL_S: '604800'
+  ENGAGEMENT_EVENT_RELAY_SCHEDULE: '*/5 * * * * *'
+  STRIPE_API_KEY: '${vaultRef}${secretNames.stripeApiKey})'
+  STRIPE_API_BASE: 'https://api.stripe.com'
+  // Every Azure environment refuses the local development issuer, dev included.
+  APP_ENVIRONMENT: 'production'
+  PORTAL_DATABASE_URL: '${vaultRef}${secretNames.portalDatabaseUrl})'
+  PORTAL_IDENTITY_PROVIDERS: portalIdentityProviders
+  PORTAL_JWT_ALGORITHMS: 'RS256'
+  PORTAL_JWT_LEEWAY_S: '60'
+  PORTAL_JWKS_CACHE_S: '3600'
+  PORTAL_APP_SERVICE_AUTH: 'false'
+  PORTAL_LOCAL_ISSUER: 'false'
+  PORTAL_RATE_LIMIT_PER_MIN: '600'
+  PORTAL_MAX_BODY_BYTES: '65536'
+  PORTAL_MAX_PAGE_SIZE: '500'
+  SCIM_BEARER_TOKENS: '${vaultRef}${secretNames.scimBearerTokens})'
+  SCIM_FIRM_ID: scimFirmId
 }
 
 module monitoring 'modules/monitoring.bicep' = {

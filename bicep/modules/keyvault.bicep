@@ -30,6 +30,12 @@ param quickbooksVerifierTokens string = ''
 param quickbooksClientSecret string = ''
 @secure()
 param documentsFieldKey string = ''
+@secure()
+param stripeApiKey string = ''
+@secure()
+param portalDatabaseUrl string = ''
+@secure()
+param scimBearerTokens string = ''
 
 @description('Days until a stored secret expires and must be rotated.')
 param secretLifetimeDays int = 180
@@ -101,6 +107,36 @@ resource documentsFieldKeySecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' 
   name: secretNames.documentsFieldKey
   properties: {
     value: documentsFieldKey
+    contentType: 'text/plain'
+    attributes: { enabled: true, exp: expires }
+  }
+}
+
+resource stripeApiKeySecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(stripeApiKey)) {
+  parent: vault
+  name: secretNames.stripeApiKey
+  properties: {
+    value: stripeApiKey
+    contentType: 'text/plain'
+    attributes: { enabled: true, exp: expires }
+  }
+}
+
+resource portalDatabaseUrlSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(portalDatabaseUrl)) {
+  parent: vault
+  name: secretNames.portalDatabaseUrl
+  properties: {
+    value: portalDatabaseUrl
+    contentType: 'text/plain'
+    attributes: { enabled: true, exp: expires }
+  }
+}
+
+resource scimBearerTokensSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(scimBearerTokens)) {
+  parent: vault
+  name: secretNames.scimBearerTokens
+  properties: {
+    value: scimBearerTokens
     contentType: 'text/plain'
     attributes: { enabled: true, exp: expires }
   }

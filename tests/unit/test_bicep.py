@@ -34,10 +34,12 @@ LOCAL_ONLY_SETTINGS = {
     # The devhost's encrypted file of QuickBooks tokens; Azure keeps them in Key Vault.
     "LOCAL_SECRET_STORE_PATH",
     "LOCAL_SECRET_STORE_KEY",
+    # Where the devhost keeps the local development issuer's key; Azure has no such issuer.
+    "PORTAL_LOCAL_KEY_DIR",
 }
 
 # Settings whose values are credentials, besides the fields marked repr=False.
-SECRET_SETTINGS = {"DATABASE_URL"}
+SECRET_SETTINGS = {"DATABASE_URL", "PORTAL_DATABASE_URL"}
 
 DATA_PLANE_ROLES = {
     "ba92f5b4-2d11-453d-a403-e96b0029c9fe": "Storage Blob Data Contributor",
