@@ -96,7 +96,8 @@ def test_unknown_queue_is_a_404_problem(broker):
     status, body = get("orders")
     assert status == 404
     assert (
-        body["detail"] == "queue 'orders' does not exist; queues: quickbooks-events, stripe-events"
+        body["detail"] == "queue 'orders' does not exist; queues: quickbooks-events, "
+        "quickbooks-sync, stripe-events"
     )
     assert post("orders", {"message_ids": ["x"]})[0] == 404
 
