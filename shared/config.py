@@ -314,9 +314,7 @@ class Settings(BaseSettings):
     )
     """``development``, ``test`` or ``production``; production refuses the local issuer."""
 
-    portal_database_url: str | None = Field(
-        default=None, alias="PORTAL_DATABASE_URL", repr=False
-    )
+    portal_database_url: str | None = Field(default=None, alias="PORTAL_DATABASE_URL", repr=False)
     """Postgres URL of the portal API's role (no BYPASSRLS). Unset: ``DATABASE_URL`` with
     its user replaced by ``advisoros_api`` (enough for a local server with trust auth)."""
 

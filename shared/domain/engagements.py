@@ -5,7 +5,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shared.domain.documents import DOC_CLASSES
 from shared.errors import ValidationError
+
+# A required document is a document class, or a family of classes: any 1099 form answers
+# "1099", since which 1099s a client receives varies from year to year.
+DOCUMENT_FAMILIES: dict[str, tuple[str, ...]] = {
+    "1099": ("1099-nec", "1099-int", "1099-div", "1099-misc"),
+}
+
+
+def requirement_met_by(doc_class: str, required: tuple[str, ...]) -> str | None:
+    """The requirement among ``required`` that a document of ``doc_class`` meets, or None."""
+    for need in required:
+        if doc_class == need or doc_class in DOCUMENT_FAMILIES.get(need, ()):
+            return need
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,7 +30,8 @@ class EngagementType:
     Attributes:
         key: its name in requests and rows.
         title: for people.
-        required_documents: document classes that must arrive and be classified.
+        required_documents: document classes (or families, ``DOCUMENT_FAMILIES``) that must
+            arrive and be classified.
         fee_minor: the fee in minor units of ``currency``.
         currency: ISO 4217 code.
         reminder_every: reminder cadence, in units of the configured reminder interval.
@@ -51,7 +67,7 @@ ENGAGEMENT_TYPES: dict[str, EngagementType] = {
         EngagementType(
             key="individual_tax_return",
             title="Annual individual tax return",
-            required_documents=("w2", "1099", "prior_year_return"),
+            required_documents=("w2", "1099"),
             fee_minor=45_000,
             currency="USD",
             reminder_every=1,
@@ -71,7 +87,7 @@ ENGAGEMENT_TYPES: dict[str, EngagementType] = {
         EngagementType(
             key="advisory_project",
             title="Advisory project",
-            required_documents=("engagement_letter", "financial_statements"),
+            required_documents=("engagement_letter", "bank_statement"),
             fee_minor=250_000,
             currency="USD",
             reminder_every=2,
@@ -95,3 +111,14 @@ def engagement_type(key: str) -> EngagementType:
         raise ValidationError(
             f"engagement_type {key!r} is not known; known types: {known}"
         ) from None
+
+
+def _check_requirements() -> None:
+    # A requirement no classifier can produce would keep an engagement waiting forever.
+    for kind in ENGAGEMENT_TYPES.values():
+        for need in kind.required_documents:
+            if need not in DOC_CLASSES and need not in DOCUMENT_FAMILIES:
+                raise ValueError(f"engagement type {kind.key}: {need!r} is no document class")
+
+
+_check_requirements()

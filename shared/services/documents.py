@@ -36,7 +36,7 @@ from shared.domain.documents import (
 from shared.domain.money import exponent, normalise_currency, to_minor
 from shared.errors import NotFound, ValidationError
 from shared.messaging import DOCUMENT_EVENTS_QUEUE, OutboundMessage
-from shared.services import audit, outbox
+from shared.services import audit, engagements, outbox
 
 log = logging.getLogger(__name__)
 
@@ -441,7 +441,14 @@ def _announce(
     *,
     revision: int,
 ) -> None:
-    """Record the ``document.classified`` event in the outbox; the relay sends it."""
+    """Record the ``document.classified`` event in the outbox; the relay sends it.
+
+    In the same transaction, the client's open engagements waiting for this class are told,
+    unless the document still waits for an advisor's review: a guess below the confidence
+    threshold does not count as the document having arrived.
+    """
+    if status != "needs_review":
+        engagements.notify_document_classified(client_id, str(document_id), doc_class, conn)
     body = {
         "type": EVENT_CLASSIFIED,
         "client_id": str(client_id),

@@ -19,7 +19,7 @@ import psycopg
 from shared.adapters import postgres
 from shared.adapters import stripe as stripe_adapter
 from shared.config import get_settings
-from shared.domain.engagements import engagement_type
+from shared.domain.engagements import engagement_type, requirement_met_by
 from shared.errors import ConfigError, NotFound, ValidationError
 from shared.services import audit
 
@@ -260,7 +260,8 @@ def notify_document_classified(
     ).fetchall()
     told = 0
     for engagement_id, type_key, instance_id in rows:
-        if doc_class not in engagement_type(type_key).required_documents:
+        need = requirement_met_by(doc_class, engagement_type(type_key).required_documents)
+        if need is None:
             continue
         fresh = conn.execute(
             "INSERT INTO engagement_documents (engagement_id, client_id, document_id,"
@@ -282,7 +283,7 @@ def notify_document_classified(
             client_id,
             instance_id,
             document_event_name(int(count[0]) if count else 1),
-            {"document_id": document_id, "doc_class": doc_class},
+            {"document_id": document_id, "doc_class": need, "document_class": doc_class},
             f"document:{engagement_id}:{document_id}",
         )
         told += 1

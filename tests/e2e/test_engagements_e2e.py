@@ -84,8 +84,8 @@ def test_tax_return_engagement_from_open_to_close(host: Devhost, stripe_fake: Fa
 
     # Documents arrive one by one; a class nobody asked for changes nothing.
     body = _wait_step(app, engagement_id, "collecting_documents")
-    assert body["custom_status"]["waiting_for"] == "documents: 1099, prior_year_return, w2"
-    for doc_class in ("w2", "receipt", "1099", "prior_year_return"):
+    assert body["custom_status"]["waiting_for"] == "documents: 1099, w2"
+    for doc_class in ("w2", "receipt", "1099-nec"):
         _classified(app, client_id, doc_class)
 
     # The preparer rejects: the W-2 is asked for again, then the reviews approve.

@@ -364,3 +364,53 @@ def test_row_security_shows_a_client_only_its_own_documents(services, firm, clie
         nothing = conn.execute("SELECT count(*) FROM documents").fetchone()
     assert seen == {table: [(client_id,)] for table in seen}
     assert nothing == (0,)
+
+
+def test_classified_forms_reach_the_engagement_waiting_for_them(services, client_id):
+    import random
+
+    from shared.services import engagements
+
+    opened = engagements.open_engagement(client_id, "individual_tax_return", "2025", "t")
+    spec, _ = MAKERS["1099-int"](random.Random(21))
+    form_1099 = render(spec, layout="lines", font="Helvetica", rotation=0, pages=1)
+    w2 = documents.intake_blob(drop(client_id, "w2.pdf", w2_pdf(21)[0]))
+    interest = documents.intake_blob(drop(client_id, "1099.pdf", form_1099))
+    # An unsure guess waits for review: it does not count as the document having arrived.
+    documents.intake_blob(drop(client_id, "notes.pdf", low_confidence_doc()))
+
+    events = rows(
+        services,
+        "SELECT event_name, payload FROM engagement_events WHERE engagement_id = %s ORDER BY id",
+        opened.id,
+    )
+    assert events == [
+        (
+            "document_classified_1",
+            {"document_id": str(w2.document_id), "doc_class": "w2", "document_class": "w2"},
+        ),
+        (
+            "document_classified_2",
+            {
+                "document_id": str(interest.document_id),
+                "doc_class": "1099",
+                "document_class": "1099-int",
+            },
+        ),
+    ]
+
+
+def test_a_rolled_back_intake_tells_no_engagement(services, client_id, monkeypatch):
+    from shared.services import engagements
+
+    opened = engagements.open_engagement(client_id, "individual_tax_return", "2024", "t")
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the outbox is unavailable")
+
+    monkeypatch.setattr(documents.outbox, "add", fail)
+    with pytest.raises(RuntimeError):
+        documents.intake_blob(drop(client_id, "w2.pdf", w2_pdf(22)[0]))
+    assert rows(
+        services, "SELECT count(*) FROM engagement_events WHERE engagement_id = %s", opened.id
+    ) == [(0,)]

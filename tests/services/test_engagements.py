@@ -61,7 +61,7 @@ class TestOpen:
             get_settings.cache_clear()
         # The advisory project reminds every second interval.
         assert plan["reminder_interval_s"] == 20
-        assert plan["type"]["required_documents"] == ["engagement_letter", "financial_statements"]
+        assert plan["type"]["required_documents"] == ["engagement_letter", "bank_statement"]
 
 
 class TestHooks:
@@ -75,10 +75,17 @@ class TestHooks:
         assert engagements.notify_document_classified(client_id, "d1", "w2") == 1
         assert engagements.notify_document_classified(client_id, "d1", "w2") == 0
         assert engagements.notify_document_classified(client_id, "d2", "receipt") == 0
-        assert engagements.notify_document_classified(client_id, "d3", "1099") == 1
+        # Any 1099 form answers the "1099" requirement; the event names both.
+        assert engagements.notify_document_classified(client_id, "d3", "1099-int") == 1
         assert _events(services, opened.id) == [
-            ("document_classified_1", {"document_id": "d1", "doc_class": "w2"}),
-            ("document_classified_2", {"document_id": "d3", "doc_class": "1099"}),
+            (
+                "document_classified_1",
+                {"document_id": "d1", "doc_class": "w2", "document_class": "w2"},
+            ),
+            (
+                "document_classified_2",
+                {"document_id": "d3", "doc_class": "1099", "document_class": "1099-int"},
+            ),
         ]
 
     def test_a_rolled_back_classification_leaves_no_event(self, services, client_id):
