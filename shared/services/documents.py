@@ -19,6 +19,7 @@ from typing import Any, cast
 
 import psycopg
 
+from shared import telemetry
 from shared.adapters import blob, postgres
 from shared.config import DOCUMENTS_CONTAINER, DOCUMENTS_QUARANTINE_CONTAINER, get_settings
 from shared.documents import sealing
@@ -348,6 +349,7 @@ def _store(
         result.confidence,
         extra={"blob": record["blob_name"], "document_id": str(document_id)},
     )
+    telemetry.record_classification_confidence(result.doc_class, result.confidence)
     return IntakeOutcome("new", document_id, result.doc_class)
 
 

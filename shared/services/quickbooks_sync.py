@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import psycopg
 
+from shared import telemetry
 from shared.adapters import quickbooks as qbo
 from shared.adapters.postgres import transaction
 from shared.config import get_settings
@@ -132,6 +133,7 @@ def push(client_id: uuid.UUID, *, sleep: Callable[[float], None] = time.sleep) -
     """
     connection = connections.connection_for_client(client_id)
     if _pending(client_id) == 0:
+        telemetry.record_sync_lag(connection.realm_id, 0.0)
         return PushOutcome()
     session = ApiSession(connection, connections.api_for(connection), PushOutcome(), sleep)
     auto_map_accounts(client_id, session)
@@ -148,7 +150,8 @@ def push(client_id: uuid.UUID, *, sleep: Callable[[float], None] = time.sleep) -
                 break
             batch_id, items, rows = batch
             _send_batch(client_id, session, batch_id, items, rows)
-    session.outcome.waiting = _pending(client_id)
+    session.outcome.waiting, lag_s = _backlog(client_id)
+    telemetry.record_sync_lag(connection.realm_id, lag_s)
     log.info(
         "quickbooks push for realm %s: %s synced, %s failed, %s blocked, %s requests",
         connection.realm_id,
@@ -168,6 +171,17 @@ def _pending(client_id: uuid.UUID) -> int:
             (client_id,),
         ).fetchone()
     return int(row[0]) if row else 0
+
+
+def _backlog(client_id: uuid.UUID) -> tuple[int, float]:
+    # Records still pending, and how long the oldest has waited (the realm's sync lag).
+    with transaction() as conn:
+        row = conn.execute(
+            "SELECT count(*), coalesce(extract(epoch FROM now() - min(updated_at)), 0)"
+            " FROM quickbooks_sync WHERE client_id = %s AND status = 'pending'",
+            (client_id,),
+        ).fetchone()
+    return (int(row[0]), float(row[1])) if row else (0, 0.0)
 
 
 # -- account map -----------------------------------------------------------------------------

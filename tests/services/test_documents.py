@@ -414,3 +414,24 @@ def test_a_rolled_back_intake_tells_no_engagement(services, client_id, monkeypat
     assert rows(
         services, "SELECT count(*) FROM engagement_events WHERE engagement_id = %s", opened.id
     ) == [(0,)]
+
+
+def test_each_classification_is_measured_by_its_class(services, client_id):
+    from tests.telemetry_support import READER, providers
+
+    def w2_count() -> int:
+        data = READER.get_metrics_data()
+        return sum(
+            point.count
+            for resource in (data.resource_metrics if data else [])
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+            if metric.name == "advisoros.documents.classification_confidence"
+            for point in metric.data.data_points
+            if dict(point.attributes or {}) == {"document_type": "w2"}
+        )
+
+    providers()
+    before = w2_count()
+    documents.intake_blob(drop(client_id, "w2.pdf", w2_pdf(31)[0]))
+    assert w2_count() == before + 1

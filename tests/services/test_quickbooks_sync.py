@@ -295,3 +295,18 @@ def test_invoices_of_a_refused_customer_wait_and_say_why_without_holding_up_othe
     [refused] = state["problems"]
     assert refused["fault"]["Error"][0]["code"] == "6240"
     assert "Duplicate Name Exists Error" in refused["reason"]
+
+
+class TestTelemetry:
+    def test_a_push_that_leaves_nothing_waiting_reports_no_lag_for_its_realm(
+        self, fake: FakeQuickBooks, realm: str, client_id: uuid.UUID
+    ) -> None:
+        from shared.services import quickbooks_sync
+        from tests.telemetry_support import points, providers
+
+        providers()
+        post_entries(client_id, [[("6000", 700), ("1000", -700)]] * 2)
+        quickbooks_sync.enqueue(client_id)
+        quickbooks_sync.push(client_id, sleep=_no_sleep)
+
+        assert ({"realm_id": realm}, 0.0) in points("advisoros.quickbooks.sync_lag")
