@@ -3,7 +3,7 @@
 #   1. what-if: show what the Bicep templates would change;
 #   2. deploy the templates (an incremental deployment: running it again changes nothing);
 #   3. publish the function package (the committed code of HEAD);
-#   4. smoke-test GET /api/health until it answers 200.
+#   4. smoke-test GET /api/health, then GET /api/ready, until each answers 200.
 #
 # Usage: scripts/deploy.sh ENV [--what-if]      (ENV: dev or prod)
 #
@@ -67,10 +67,13 @@ git archive --format=zip --output "$package" HEAD \
 az functionapp deployment source config-zip --resource-group "$group" --name "$app" \
   --src "$package" --build-remote true
 
-echo "== smoke test https://$api_host/api/health"
-curl --fail --silent --show-error --retry "$smoke_attempts" --retry-delay "$smoke_delay_s" \
-  --retry-all-errors --max-time 30 "https://$api_host/api/health"
-echo
+echo "== smoke test https://$api_host/api/health and /api/ready"
+# Alive first (the new code runs), then ready (it reaches its database, storage and bus).
+for probe in health ready; do
+  curl --fail --silent --show-error --retry "$smoke_attempts" --retry-delay "$smoke_delay_s" \
+    --retry-all-errors --max-time 30 "https://$api_host/api/$probe"
+  echo
+done
 
 if [[ -n "${GITHUB_OUTPUT:-}" ]]; then
   echo "api_url=https://$api_host" >>"$GITHUB_OUTPUT"

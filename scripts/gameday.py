@@ -85,7 +85,7 @@ class Host:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        """Start the host (and whatever of its services is down); wait for /api/health.
+        """Start the host (and whatever of its services is down); wait for /api/ready.
 
         A host that exits while starting is started again, up to three times in all, as an
         operator would: on a loaded machine Azurite can miss the host's start-up deadline.
@@ -106,7 +106,7 @@ class Host:
                 stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + START_TIMEOUT_S
-        while call(self, "GET", "/api/health")[0] != 200:
+        while call(self, "GET", "/api/ready")[0] != 200:
             if self.proc.poll() is not None:
                 self.proc = None
                 return False

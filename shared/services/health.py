@@ -13,16 +13,9 @@ from shared.errors import AdvisorError
 log = logging.getLogger(__name__)
 
 
-def check() -> dict[str, Any]:
-    """Probe the database and blob storage; ``status`` is ``ok`` only when both answer."""
-    return _probe((("database", _database), ("storage", blob.ping)))
-
-
 def ready() -> dict[str, Any]:
     """Probe the database, blob storage and Service Bus; ``status`` is ``ok`` only when all
     three answer, else ``failing`` with ``down`` naming the ones that did not (readiness).
-
-    The sibling ``check`` leaves the bus out.
     """
     from shared.adapters import servicebus
 

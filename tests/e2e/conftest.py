@@ -161,7 +161,7 @@ class Devhost:
             if self.proc.poll() is not None:
                 raise AssertionError("devhost exited at start:\n" + self.log())
             try:
-                status, _ = self.app.call("GET", "/api/health", key=None)
+                status, _ = self.app.call("GET", "/api/ready", key=None)
                 if status == 200:
                     self.killed = False
                     return self.app

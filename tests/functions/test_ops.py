@@ -10,7 +10,8 @@ import pytest
 from functions import ops
 
 
-def test_liveness_touches_no_dependency(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("route", ["health", "health/live"])
+def test_liveness_touches_no_dependency(monkeypatch: pytest.MonkeyPatch, route: str) -> None:
     from shared.adapters import blob, postgres
 
     def unreachable(*args: object, **kwargs: object) -> None:
@@ -18,9 +19,10 @@ def test_liveness_touches_no_dependency(monkeypatch: pytest.MonkeyPatch) -> None
 
     monkeypatch.setattr(postgres, "transaction", unreachable)
     monkeypatch.setattr(blob, "ping", unreachable)
-    request = func.HttpRequest(method="GET", url="/api/health/live", body=b"")
+    request = func.HttpRequest(method="GET", url=f"/api/{route}", body=b"")
+    handler = ops.health_check if route == "health" else ops.liveness
 
-    response = ops.liveness(request)
+    response = handler(request)
 
     assert response.status_code == 200
     assert response.mimetype == "application/json"

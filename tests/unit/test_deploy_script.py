@@ -87,6 +87,7 @@ def test_deploy_runs_what_if_deploy_publish_and_smoke_test_in_order(
         ["az", "deployment", "group", "create"],
         ["az", "functionapp", "deployment", "source"],
         ["curl", "--fail", "--silent", "--show-error"],
+        ["curl", "--fail", "--silent", "--show-error"],
     ]
     for call in made[1:3]:
         assert flag(call, "--resource-group") == "rg-test"
@@ -96,6 +97,7 @@ def test_deploy_runs_what_if_deploy_publish_and_smoke_test_in_order(
     assert flag(publish, "--name") == "func-advisoros-dev-abc123"
     assert flag(publish, "--build-remote") == "true"
     assert made[4][-1] == "https://func-advisoros-dev-abc123.azurewebsites.net/api/health"
+    assert made[5][-1] == "https://func-advisoros-dev-abc123.azurewebsites.net/api/ready"
     assert Path(fakes["GITHUB_OUTPUT"]).read_text() == (
         "api_url=https://func-advisoros-dev-abc123.azurewebsites.net\n"
     )
