@@ -144,6 +144,9 @@ def upload_link(
     neither overwrite an earlier document nor name another client's folder.
     """
     name = f"{client_id}/{uuid.uuid4().hex}-{request.file_name}"
+    # Limitation: a SAS cannot limit a blob's type or size, so a holder of the link may
+    # write any bytes up to storage's own limit; intake quarantines other types and files
+    # over DOCUMENTS_MAX_BYTES, and the answer states both limits.
     url, expires = blob.sas_url(
         DOCUMENTS_CONTAINER, name, access="write", expires_s=DOCUMENT_UPLOAD_LINK_TTL_S
     )
@@ -227,6 +230,9 @@ def list_engagements(conn: psycopg.Connection, client_id: uuid.UUID) -> m.Engage
 def get_engagement(conn: psycopg.Connection, client_id: uuid.UUID, raw_id: str) -> m.Engagement:
     """One engagement and what its rows record of the workflow: the documents required,
     received and still missing, whether it is invoiced, and its deliverable.
+
+    Limitation: the orchestration's custom status (which review step waits) is not read
+    here; the portal has no Durable client, so the function-key endpoint shows it.
 
     Raises:
         NotFound: no such engagement, or not one the caller may see.
