@@ -98,28 +98,28 @@ BODIES = {
 }
 
 
-def _victims_state(conn: psycopg.Connection, storage: str, victim: uuid.UUID) -> list[object]:
-    """Everything a route could change for the victim: rows, audit trail, blobs."""
+def _client_state(conn: psycopg.Connection, storage: str, client: uuid.UUID) -> list[object]:
+    """Everything a route could change for a client: rows, audit trail, blobs."""
     from azure.storage.blob import ContainerClient
 
     from shared.config import DOCUMENTS_CONTAINER
 
     queries = [
         "SELECT name, archived_at FROM clients WHERE id = %s",
-        "SELECT id, category_account_id FROM bank_transactions WHERE client_id = %s",
-        "SELECT id, doc_class, status, reviewed_by FROM documents WHERE client_id = %s",
-        "SELECT document_id, name, source FROM document_fields WHERE client_id = %s ORDER BY 2",
-        "SELECT id, status FROM engagements WHERE client_id = %s",
+        "SELECT id, category_account_id FROM bank_transactions WHERE client_id = %s ORDER BY 1",
+        "SELECT id, doc_class, status, reviewed_by FROM documents WHERE client_id = %s ORDER BY 1",
+        "SELECT document_id, name, source FROM document_fields WHERE client_id = %s ORDER BY 1, 2",
+        "SELECT id, status FROM engagements WHERE client_id = %s ORDER BY 1",
         "SELECT seq, action FROM audit_log WHERE client_id = %s ORDER BY seq",
     ]
-    state: list[object] = [conn.execute(q, (victim,)).fetchall() for q in queries]
+    state: list[object] = [conn.execute(q, (client,)).fetchall() for q in queries]
     state.append(
         conn.execute(
-            "SELECT count(*) FROM outbox WHERE properties->>'client_id' = %s", (str(victim),)
+            "SELECT count(*) FROM outbox WHERE properties->>'client_id' = %s", (str(client),)
         ).fetchone()
     )
     container = ContainerClient.from_connection_string(storage, DOCUMENTS_CONTAINER)
-    state.append(sorted(container.list_blob_names(name_starts_with=f"{victim}/")))
+    state.append(sorted(container.list_blob_names(name_starts_with=f"{client}/")))
     return state
 
 
@@ -169,7 +169,7 @@ def test_another_clients_ids_answer_as_ids_that_do_not_exist(
         "document_id": str(uuid.uuid4()),
         "engagement_id": str(uuid.uuid4()),
     }
-    before = _victims_state(database, services["AzureWebJobsStorage"], victim)
+    before = _client_state(database, services["AzureWebJobsStorage"], victim)
 
     checked = 0
     for who, user in outsiders.items():
@@ -190,5 +190,45 @@ def test_another_clients_ids_answer_as_ids_that_do_not_exist(
 
     assert checked == 2 * sum("{client_id}" in op.route for op in api.OPERATIONS)
     # Nothing was changed on the way.
-    assert _victims_state(database, services["AzureWebJobsStorage"], victim) == before
+    assert _client_state(database, services["AzureWebJobsStorage"], victim) == before
+    database.close()
+
+
+def test_a_client_user_is_refused_every_staff_route_of_its_own_client(
+    services: dict[str, str],
+    portal: None,
+    firm: uuid.UUID,
+    client_id: uuid.UUID,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its own ids, so the refusal is the role's: 403, and nothing changed."""
+    import base64
+
+    from functions import portal as api
+    from shared.config import get_settings
+    from tests.portal.test_documents_engagements import take_in
+
+    monkeypatch.setattr(
+        get_settings(), "documents_field_key", base64.urlsafe_b64encode(b"r" * 32).decode()
+    )
+    own = {
+        "client_id": str(client_id),
+        "transaction_id": str(seed_bank(client_id, 1)[0]),
+        "document_id": str(take_in(client_id, "other", 12)[0]),
+    }
+    user = make_user(firm, "client_user", client_id)
+    database = psycopg.connect(services["DATABASE_URL"], autocommit=True)
+    before = _client_state(database, services["AzureWebJobsStorage"], client_id)
+
+    refused = {}
+    for op in api.OPERATIONS:
+        if op.staff_only and "{client_id}" in op.route:
+            body = BODIES[op.body.__name__] if op.body else None
+            refused[f"{op.method} {op.route}"] = send(
+                op.method, _fill(op.route, own), user.token, body=body
+            ).status
+
+    assert set(refused.values()) == {403}, refused
+    assert {"GET v1/clients/{client_id}/document-reviews"} <= set(refused)
+    assert _client_state(database, services["AzureWebJobsStorage"], client_id) == before
     database.close()
