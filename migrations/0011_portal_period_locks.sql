@@ -1,5 +1,3 @@
--- The closed-period trigger on journal entries reads period_locks in the inserting
--- transaction, so the API role's reclassification entries need to see the client's lock
--- (row-level security still shows it only its own client's row). Without it every
--- portal re-categorisation failed with a permission error.
+-- A re-categorisation from the portal is dated in an open period: the API role reads its
+-- own client's lock (row-level security shows it no other) to find the first open day.
 GRANT SELECT ON period_locks TO advisoros_api;
