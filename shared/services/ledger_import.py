@@ -56,6 +56,13 @@ ACCOUNT_FOLDER_PREFIX = "account-"
 # Memory one import's sorts may use in Postgres, in MB.
 IMPORT_WORK_MEM_MB = 128
 
+# From this many staged rows, an import's joins against the ledger are hash or merge joins
+# whatever the statistics say. Right after a large import commits, the statistics of the
+# ledger tables still describe them as they were before it; a plan built on them could probe
+# a million staged rows one by one against a table the planner thinks small, which once ran
+# for more than ten minutes where the hash join takes seconds.
+LARGE_IMPORT_ROWS = 50_000
+
 # Staged rows are sent to COPY in batches of this many: fewer calls, bounded memory.
 COPY_BATCH_ROWS = 2000
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
@@ -337,6 +344,8 @@ def _import(
         tally = _bank_tally(conn)
     if tally.rows == 0:
         raise Rejected("the file has no transactions")
+    if tally.rows >= LARGE_IMPORT_ROWS:
+        conn.execute("SET LOCAL enable_nestloop = off")
 
     if not is_journal:
         _ensure_bank_accounts(conn, client)
