@@ -269,6 +269,20 @@ class _Episode:
     restarted: bool = False
 
 
+@dataclass
+class _Decided:
+    """An episode ready to write: the instance, the messages it consumed and its outcome."""
+
+    instance_id: str
+    execution_id: str
+    consumed: list[int]
+    plan: _Episode
+    state: EngineState
+    keep_status: bool = False
+    parent: str | None = None
+    parent_task: int | None = None
+
+
 # An activity's work id, instance id, name and outcome event, ready to record.
 _ActivityOutcome = tuple[int, str, str, dict[str, Any]]
 
@@ -817,11 +831,12 @@ class DurableEngine:
                 (self.hub.hub, claimed, self._owner),
             )
             rows = await cur.fetchall()
-        await asyncio.gather(*(self._episode(row) for row in rows))
+        decided = await asyncio.gather(*(self._episode(row) for row in rows))
+        await self._commit_all(list(decided))
         return len(claimed)
 
-    async def _episode(self, row: tuple[Any, ...]) -> None:
-        """Replay one claimed instance with its due messages and record what it decided."""
+    async def _episode(self, row: tuple[Any, ...]) -> _Decided:
+        """Replay one claimed instance with its due messages; returns what it decided."""
         instance_id = str(row[0])
         name, execution_id, status, input_json, raw_state, parent, parent_task = row[1:8]
         history: list[dict[str, Any]] = row[8]
@@ -829,7 +844,7 @@ class DurableEngine:
 
         state = EngineState.load(raw_state)
         if status not in ACTIVE_STATUSES:
-            await self._commit(
+            return _Decided(
                 instance_id,
                 execution_id,
                 [m for m, _ in messages],
@@ -837,7 +852,6 @@ class DurableEngine:
                 state,
                 keep_status=True,
             )
-            return
         batch_ids, batch = _choose_batch(messages, state)
         now = utc_now()
         plan = _Episode()
@@ -850,7 +864,7 @@ class DurableEngine:
             plan.output = json.dumps(f"no orchestrator function named {name} in the app")
         else:
             await self._replay(spec, instance_id, parent, input_json, history, state, plan, now)
-        await self._commit(
+        return _Decided(
             instance_id,
             execution_id,
             batch_ids,
@@ -1031,80 +1045,113 @@ class DurableEngine:
                 )
         state.actions = len(numbered)
 
-    async def _commit(
-        self,
-        instance_id: str,
-        execution_id: str,
-        consumed: list[int],
-        plan: _Episode,
-        state: EngineState,
-        *,
-        keep_status: bool = False,
-        parent: str | None = None,
-        parent_task: int | None = None,
-    ) -> None:
-        """Write an episode's outcome in one transaction, if the claim is still ours."""
-        now = utc_now()
+    async def _commit_all(self, decided: list[_Decided]) -> None:
+        """Write the episodes of one claim in one transaction.
+
+        Should that transaction fail, each episode is written in one of its own, so one
+        instance whose writes fail holds back no other; an episode not written is replayed
+        once its claim lapses.
+        """
+        if not decided:
+            return
+        try:
+            ended = await self._write_episodes(decided)
+        except Exception:
+            if len(decided) == 1:
+                raise
+            log.warning(
+                "writing %d episodes together failed; writing each alone",
+                len(decided),
+                exc_info=True,
+            )
+            ended = []
+            for one in decided:
+                try:
+                    ended += await self._write_episodes([one])
+                except Exception:
+                    log.exception(
+                        "orchestration %s: its episode could not be written",
+                        one.instance_id,
+                        extra={"instance_id": one.instance_id},
+                    )
+        for one in ended:
+            log.info(
+                "orchestration %s %s",
+                one.instance_id,
+                one.plan.status.lower(),
+                extra={"instance_id": one.instance_id, "outcome": one.plan.status},
+            )
+        self.wake()
+
+    async def _write_episodes(self, decided: list[_Decided]) -> list[_Decided]:
+        """Write episodes whose claims are still ours; returns those whose instance ended."""
+        ended: list[_Decided] = []
         # Pipelined: the claim check is one round trip, and every write plus the commit one more.
         async with self.hub.pool.connection() as conn, conn.pipeline(), conn.transaction():
             cur = await conn.execute(
-                "SELECT 1 FROM devhost.durable_instances WHERE hub = %s AND instance_id = %s"
-                " AND lease_owner = %s AND execution_id = %s FOR UPDATE",
-                (self.hub.hub, instance_id, self._owner, execution_id),
+                "SELECT instance_id, execution_id FROM devhost.durable_instances"
+                " WHERE hub = %s AND instance_id = ANY(%s) AND lease_owner = %s"
+                " ORDER BY instance_id FOR UPDATE",
+                (self.hub.hub, [d.instance_id for d in decided], self._owner),
             )
-            if await cur.fetchone() is None:
-                log.warning(
-                    "orchestration %s lost its claim; the episode is replayed", instance_id
-                )
-                return
-            await conn.execute("DELETE FROM devhost.durable_inbox WHERE id = ANY(%s)", (consumed,))
-            if keep_status:
-                await self._release(conn, instance_id)
-                return
-            if plan.restarted:
-                await self._continue_as_new(conn, instance_id, plan)
-                return
-            done = plan.status in (COMPLETED, FAILED)
-            if plan.status == COMPLETED:
-                plan.history.append(event(EXECUTION_COMPLETED, now, Result=plan.output))
-            elif plan.status == FAILED:
-                plan.history.append(event(EXECUTION_FAILED, now, Reason=_loads(plan.output)))
-            await self.hub._append(conn, instance_id, plan.history)
-            if done:
-                await conn.execute(
-                    "DELETE FROM devhost.durable_inbox WHERE hub = %s AND instance_id = %s",
-                    (self.hub.hub, instance_id),
-                )
-                await conn.execute(
-                    "DELETE FROM devhost.durable_activities WHERE hub = %s AND instance_id = %s",
-                    (self.hub.hub, instance_id),
-                )
-                if parent is not None:
-                    await self._tell_parent(conn, parent, parent_task, plan)
-            else:
-                await self._queue_work(conn, instance_id, execution_id, plan)
-            await conn.execute(
-                "UPDATE devhost.durable_instances SET status = %s, output = %s,"
-                " custom_status = coalesce(%s, custom_status), engine_state = %s,"
-                " updated_at = now(), lease_owner = NULL, lease_until = NULL"
-                " WHERE hub = %s AND instance_id = %s",
-                (
-                    plan.status,
-                    plan.output,
-                    plan.custom_status,
-                    Jsonb(state.dump()),
-                    self.hub.hub,
-                    instance_id,
-                ),
-            )
+            held = {(str(i), str(e)) for i, e in await cur.fetchall()}
+            for one in decided:
+                if (one.instance_id, one.execution_id) not in held:
+                    log.warning(
+                        "orchestration %s lost its claim; the episode is replayed",
+                        one.instance_id,
+                    )
+                    continue
+                if await self._write_episode(conn, one):
+                    ended.append(one)
+        return ended
+
+    async def _write_episode(self, conn: AsyncConnection[Any], one: _Decided) -> bool:
+        """Write one episode's outcome; returns whether its instance ended."""
+        instance_id, plan = one.instance_id, one.plan
+        await conn.execute("DELETE FROM devhost.durable_inbox WHERE id = ANY(%s)", (one.consumed,))
+        if one.keep_status:
+            await self._release(conn, instance_id)
+            return False
+        if plan.restarted:
+            await self._continue_as_new(conn, instance_id, plan)
+            return False
+        now = utc_now()
+        done = plan.status in (COMPLETED, FAILED)
+        events = list(plan.history)
+        if plan.status == COMPLETED:
+            events.append(event(EXECUTION_COMPLETED, now, Result=plan.output))
+        elif plan.status == FAILED:
+            events.append(event(EXECUTION_FAILED, now, Reason=_loads(plan.output)))
+        await self.hub._append(conn, instance_id, events)
         if done:
-            log.info(
-                "orchestration %s %s",
-                instance_id,
-                plan.status.lower(),
-                extra={"instance_id": instance_id, "outcome": plan.status},
+            await conn.execute(
+                "DELETE FROM devhost.durable_inbox WHERE hub = %s AND instance_id = %s",
+                (self.hub.hub, instance_id),
             )
-        self.wake()
+            await conn.execute(
+                "DELETE FROM devhost.durable_activities WHERE hub = %s AND instance_id = %s",
+                (self.hub.hub, instance_id),
+            )
+            if one.parent is not None:
+                await self._tell_parent(conn, one.parent, one.parent_task, plan)
+        else:
+            await self._queue_work(conn, instance_id, one.execution_id, plan)
+        await conn.execute(
+            "UPDATE devhost.durable_instances SET status = %s, output = %s,"
+            " custom_status = coalesce(%s, custom_status), engine_state = %s,"
+            " updated_at = now(), lease_owner = NULL, lease_until = NULL"
+            " WHERE hub = %s AND instance_id = %s",
+            (
+                plan.status,
+                plan.output,
+                plan.custom_status,
+                Jsonb(one.state.dump()),
+                self.hub.hub,
+                instance_id,
+            ),
+        )
+        return done
 
     async def _queue_work(
         self, conn: AsyncConnection[Any], instance_id: str, execution_id: str, plan: _Episode
