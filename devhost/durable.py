@@ -680,13 +680,14 @@ class DurableEngine:
     async def _activity_batch(self) -> int:
         async with self.hub.pool.connection() as conn:
             cur = await conn.execute(
-                "UPDATE devhost.durable_activities SET lease_owner = %(o)s,"
-                " lease_until = now() + make_interval(secs => %(l)s)"
-                " WHERE id IN (SELECT id FROM devhost.durable_activities"
+                "WITH due AS MATERIALIZED (SELECT id FROM devhost.durable_activities"
                 "   WHERE hub = %(hub)s AND visible_at <= now()"
                 "   AND (lease_until IS NULL OR lease_until < now())"
                 "   ORDER BY id LIMIT %(n)s FOR UPDATE SKIP LOCKED)"
-                " RETURNING id, instance_id, execution_id, task_id, name, input",
+                " UPDATE devhost.durable_activities a SET lease_owner = %(o)s,"
+                " lease_until = now() + make_interval(secs => %(l)s)"
+                " FROM due WHERE a.id = due.id"
+                " RETURNING a.id, a.instance_id, a.execution_id, a.task_id, a.name, a.input",
                 {"o": self._owner, "l": self._lease_s, "hub": self.hub.hub, "n": CLAIM_BATCH},
             )
             rows = await cur.fetchall()
@@ -797,17 +798,20 @@ class DurableEngine:
     # -- orchestrations ---------------------------------------------------------------------
 
     async def _orchestrator_batch(self) -> int:
+        # The rows to claim are picked once, in a materialised step: as a subquery of the
+        # UPDATE the planner may run the pick again for each row, each time waiting on locks.
         async with self.hub.pool.connection() as conn:
             cur = await conn.execute(
-                "UPDATE devhost.durable_instances SET lease_owner = %(o)s,"
-                " lease_until = now() + make_interval(secs => %(l)s)"
-                " WHERE hub = %(hub)s AND instance_id IN ("
-                "   SELECT i.instance_id FROM devhost.durable_instances i"
+                "WITH due AS MATERIALIZED (SELECT i.instance_id"
+                "   FROM devhost.durable_instances i"
                 "   WHERE i.hub = %(hub)s AND (i.lease_until IS NULL OR i.lease_until < now())"
-                "   AND i.instance_id IN (SELECT m.instance_id FROM devhost.durable_inbox m"
-                "       WHERE m.hub = %(hub)s AND m.visible_at <= now())"
+                "   AND EXISTS (SELECT 1 FROM devhost.durable_inbox m WHERE m.hub = i.hub"
+                "       AND m.instance_id = i.instance_id AND m.visible_at <= now())"
                 "   LIMIT %(n)s FOR UPDATE SKIP LOCKED)"
-                " RETURNING instance_id",
+                " UPDATE devhost.durable_instances c SET lease_owner = %(o)s,"
+                " lease_until = now() + make_interval(secs => %(l)s)"
+                " FROM due WHERE c.hub = %(hub)s AND c.instance_id = due.instance_id"
+                " RETURNING c.instance_id",
                 {"o": self._owner, "l": self._lease_s, "hub": self.hub.hub, "n": CLAIM_BATCH // 4},
             )
             claimed = [str(r[0]) for r in await cur.fetchall()]
@@ -962,7 +966,7 @@ class DurableEngine:
         invocation_id = new_invocation_id()
         started = time.monotonic()
         try:
-            raw = await self._invoker.call(spec, payload, invocation_id=invocation_id)
+            raw = await self._invoker.call(spec, payload, invocation_id=invocation_id, inline=True)
             result = json.loads(raw)
         except Exception as exc:  # noqa: BLE001 - the SDK raises a bare Exception
             message = str(exc).split("\n\n$OutOfProcData$", 1)[0]
