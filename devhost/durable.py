@@ -609,7 +609,9 @@ class DurableEngine:
         app: the loaded app; its orchestration and activity triggers are served.
         hub: the task hub.
         invoker: runs orchestrator episodes and activities in the host's thread pool.
-        workers: concurrent orchestrator episodes, and as many concurrent activities.
+        workers: concurrent orchestration claimers (each claims up to a quarter of
+            ``CLAIM_BATCH`` instances) and as many activity claimers (each up to
+            ``CLAIM_BATCH`` activities, run in the invoker's pool).
         lease_s: seconds a claim holds before another worker may take it over.
         poll_interval_s: seconds between looks for due work when nothing woke a worker.
     """
