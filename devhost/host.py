@@ -105,7 +105,7 @@ class DevHost:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        """Start serving: HTTP, then blob polling (containers created), Service Bus and timers.
+        """Start serving: containers created, HTTP, then blob polling, Service Bus and timers.
 
         Raises:
             ConfigError: a blob path, queue, connection or timer schedule is invalid, or blob
@@ -118,11 +118,8 @@ class DevHost:
         )
         if self.app.uses_durable:
             await self._start_durable()
-        await self.http.start()
-        if self.task_hub is not None:
-            self.invoker.durable_client = client_binding(
-                f"http://127.0.0.1:{self.http.port}", self.task_hub.hub, self.settings.function_key
-            )
+        # Containers exist before the first request is answered: a client told the host is
+        # up may drop a file at once.
         if watches:
             if not self._database_url:
                 raise ConfigError("blob triggers need DATABASE_URL for their receipts")
@@ -133,6 +130,12 @@ class DevHost:
             created = await self.poller.ensure_containers()
             if created:
                 log.info("created containers: %s", ", ".join(created))
+        await self.http.start()
+        if self.task_hub is not None:
+            self.invoker.durable_client = client_binding(
+                f"http://127.0.0.1:{self.http.port}", self.task_hub.hub, self.settings.function_key
+            )
+        if self.poller is not None:
             self._tasks.append(asyncio.create_task(self.poller.run(self._stop)))
         if queues:
             self.bus = BusDispatcher(

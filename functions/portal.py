@@ -39,6 +39,7 @@ from shared.errors import (
 )
 from shared.services import identity
 from shared.services import portal as views
+from shared.services import portal_documents as records
 
 log = logging.getLogger(__name__)
 
@@ -348,6 +349,78 @@ def insights(call: Call) -> BaseModel:
     return views.insights(call.conn, _client(call), _today())
 
 
+# -- Documents and engagements ------------------------------------------------------------
+
+
+@operation("GET", "clients/{client_id}/documents", response=m.DocumentPage, query=m.PageQuery)
+def list_documents(call: Call) -> BaseModel:
+    """The client's documents, newest first, a keyset page at a time."""
+    return records.list_documents(call.conn, _client(call), call.query.limit, call.query.after)
+
+
+@operation("GET", "clients/{client_id}/documents/{document_id}", response=m.Document)
+def get_document(call: Call) -> BaseModel:
+    """One document with its class and fields; tax ids and account numbers masked."""
+    return records.get_document(call.conn, _client(call), call.params["document_id"])
+
+
+@operation("GET", "clients/{client_id}/document-reviews", response=m.DocumentList, staff_only=True)
+def review_queue(call: Call) -> BaseModel:
+    """See the client's documents waiting for review, oldest first."""
+    return records.review_queue(call.conn, _client(call))
+
+
+@operation(
+    "POST",
+    "clients/{client_id}/documents/{document_id}/review",
+    response=m.Document,
+    body=m.DocumentReview,
+    staff_only=True,
+)
+def review_document(call: Call) -> BaseModel:
+    """Confirm or correct a document's class and fields.
+
+    Audited with the class and fields before and after; firm staff only.
+    """
+    return records.review(
+        call.conn, _client(call), call.params["document_id"], call.body, _actor(call)
+    )
+
+
+@operation(
+    "POST",
+    "clients/{client_id}/document-uploads",
+    response=m.UploadLink,
+    body=m.UploadRequest,
+    status=201,
+)
+def upload_link(call: Call) -> BaseModel:
+    """A short-lived link to upload one new document to the client's folder."""
+    return records.upload_link(call.conn, _client(call), call.body, _actor(call))
+
+
+@operation(
+    "GET", "clients/{client_id}/documents/{document_id}/download-link", response=m.DownloadLink
+)
+def download_link(call: Call) -> BaseModel:
+    """A short-lived, read-only link to a document's file; audited."""
+    return records.download_link(
+        call.conn, _client(call), call.params["document_id"], _actor(call)
+    )
+
+
+@operation("GET", "clients/{client_id}/engagements", response=m.EngagementList)
+def list_engagements(call: Call) -> BaseModel:
+    """The client's engagements, newest first."""
+    return records.list_engagements(call.conn, _client(call))
+
+
+@operation("GET", "clients/{client_id}/engagements/{engagement_id}", response=m.Engagement)
+def get_engagement(call: Call) -> BaseModel:
+    """One engagement with its workflow: documents required, received and missing."""
+    return records.get_engagement(call.conn, _client(call), call.params["engagement_id"])
+
+
 # -- Dispatch ------------------------------------------------------------------------------
 
 
@@ -635,7 +708,7 @@ def _path_item(op: Operation) -> dict[str, Any]:
 
 
 def _path_schema(name: str) -> dict[str, Any]:
-    if name == "client_id":
+    if name in ("client_id", "document_id", "engagement_id"):
         return {"type": "string", "format": "uuid"}
     return {"type": "string", "pattern": "^[0-9]{1,18}$"}
 

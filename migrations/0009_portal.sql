@@ -58,6 +58,8 @@ ALTER FUNCTION journal_check_range(bigint, bigint)
 ALTER FUNCTION bank_transactions_check_refs() SECURITY DEFINER SET search_path = public, pg_temp;
 -- The chain must continue from the chain's true last row, not the last one visible.
 ALTER FUNCTION audit_log_chain() SECURITY DEFINER SET search_path = public, pg_temp;
+-- Closed periods bind every writer, though the API role may not read the locks.
+ALTER FUNCTION refuse_locked_period() SECURITY DEFINER SET search_path = public, pg_temp;
 
 -- The firm and client tables, by firm.
 ALTER TABLE firms ENABLE ROW LEVEL SECURITY;

@@ -47,6 +47,10 @@ WEBHOOK_REPLAY_MAX_EVENTS = 1000
 DOCUMENTS_MAX_BYTES = 50 * 1024 * 1024
 DOCUMENTS_MAX_PAGES = 200
 DOCUMENTS_REVIEW_THRESHOLD = 0.80
+# Portal links to document blobs: an upload link lives long enough to send a large scan
+# on a slow line; a download link only as long as it takes to start the download.
+DOCUMENT_UPLOAD_LINK_TTL_S = 15 * 60
+DOCUMENT_DOWNLOAD_LINK_TTL_S = 5 * 60
 DOCINTEL_TIMEOUT_S = 120
 DOCINTEL_MAX_ATTEMPTS = 4
 DOCINTEL_BREAKER_FAILURES = 5

@@ -5,14 +5,20 @@ Returns plain values; no SDK object leaves this module.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import logging
 import threading
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Literal
 
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
-from azure.storage.blob import BlobServiceClient, ContentSettings
+from azure.storage.blob import (
+    BlobSasPermissions,
+    BlobServiceClient,
+    ContentSettings,
+    generate_blob_sas,
+)
 
 from shared.config import get_settings
 from shared.errors import NotFound, UpstreamError
@@ -151,6 +157,63 @@ def _ensure_container(container: str) -> None:
     except AzureError as exc:
         raise _upstream("create container", container, "", exc) from exc
     _known_containers.add(container)
+
+
+def sas_url(
+    container: str, name: str, *, access: Literal["read", "write"], expires_s: int
+) -> tuple[str, dt.datetime]:
+    """A URL that lets its holder read one blob, or create and write it, until it expires.
+
+    With a connection string the link is signed with the account key; with the managed
+    identity it is a user-delegation SAS, which the app's data-plane role may ask for.
+
+    Args:
+        access: ``read`` (download) or ``write`` (create and write, nothing else).
+        expires_s: seconds from now until the link stops working.
+
+    Returns:
+        The URL and the moment it expires (UTC).
+
+    Raises:
+        UpstreamError: storage refused the delegation key (retryable).
+    """
+    service = _service()
+    now = dt.datetime.now(dt.UTC)
+    expires = now + dt.timedelta(seconds=expires_s)
+    # Clocks of the caller and the storage service differ a little; start a minute back.
+    starts = now - dt.timedelta(minutes=1)
+    permission = (
+        BlobSasPermissions(read=True)
+        if access == "read"
+        else BlobSasPermissions(create=True, write=True)
+    )
+    account_key = getattr(service.credential, "account_key", None)
+    if account_key:
+        token = generate_blob_sas(
+            service.account_name or "",
+            container,
+            name,
+            account_key=account_key,
+            permission=permission,
+            start=starts,
+            expiry=expires,
+        )
+    else:
+        try:
+            delegation = service.get_user_delegation_key(starts, expires)
+        except AzureError as exc:
+            raise _upstream("delegation key", container, name, exc) from exc
+        token = generate_blob_sas(
+            service.account_name or "",
+            container,
+            name,
+            user_delegation_key=delegation,
+            permission=permission,
+            start=starts,
+            expiry=expires,
+        )
+    url = service.get_blob_client(container, name).url
+    return f"{url}?{token}", expires
 
 
 def ping() -> None:

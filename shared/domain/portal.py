@@ -70,6 +70,54 @@ class CategoryChange(_Strict):
     account_code: str = Field(min_length=1, max_length=50, description="the new category")
 
 
+DocClass = Literal[
+    "w2",
+    "1099-nec",
+    "1099-int",
+    "1099-div",
+    "1099-misc",
+    "1098",
+    "bank_statement",
+    "credit_card_statement",
+    "invoice",
+    "receipt",
+    "pay_stub",
+    "engagement_letter",
+    "other",
+]
+
+
+class MoneyValue(_Strict):
+    amount: str = Field(max_length=40, description='a decimal string such as "1234.50"')
+    currency: str = Field(default="USD", pattern="^[A-Z]{3}$")
+
+
+class DocumentReview(_Strict):
+    """Confirm a document as it is (an empty body) or correct its class and fields."""
+
+    doc_class: DocClass | None = None
+    fields: dict[str, str | MoneyValue | None] = Field(
+        default_factory=dict,
+        max_length=50,
+        description="field name to its corrected value; null removes the field",
+    )
+
+
+class UploadRequest(_Strict):
+    file_name: str = Field(
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._()-]*$",
+        description="the file's own name; the blob gets a new name that ends with it",
+    )
+    content_type: Literal["application/pdf", "image/jpeg", "image/png", "image/tiff"]
+
+
+EngagementTypeKey = Literal[
+    "individual_tax_return", "monthly_bookkeeping_close", "advisory_project"
+]
+
+
 # -- Responses -----------------------------------------------------------------------------
 
 
@@ -285,6 +333,96 @@ class Insights(BaseModel):
     receivables_ageing: list[AgeingBucket]
     expense_breakdown: list[ExpenseLine]
     cash_runway: list[Runway]
+
+
+class DocumentField(BaseModel):
+    name: str
+    kind: Literal["text", "date", "money", "sensitive"]
+    value: str | None = Field(description="tax ids and account numbers as ****1234, always")
+    amount_minor: int | None = None
+    currency: str | None = None
+    confidence: float
+    page: int | None
+    source: Literal["classifier", "review"]
+
+
+class DocumentSummary(BaseModel):
+    id: uuid.UUID
+    file_name: str
+    media_type: str
+    size_bytes: int
+    page_count: int
+    doc_class: str
+    confidence: float
+    status: Literal["classified", "needs_review", "reviewed"]
+    created_at: dt.datetime
+
+
+class DocumentPage(BaseModel):
+    documents: list[DocumentSummary]
+    next: str | None = Field(description="cursor of the next page; null on the last")
+
+
+class Document(DocumentSummary):
+    classifier: str
+    classifier_version: str
+    reviewed_by: str | None
+    reviewed_at: dt.datetime | None
+    fields: list[DocumentField]
+
+
+class DocumentList(BaseModel):
+    documents: list[Document]
+
+
+class UploadLink(BaseModel):
+    url: str = Field(description="PUT the file here with x-ms-blob-type: BlockBlob")
+    blob_name: str
+    method: Literal["PUT"] = "PUT"
+    headers: dict[str, str] = Field(description="headers the upload must send")
+    content_types: list[str] = Field(description="the types intake accepts")
+    max_bytes: int = Field(description="larger files are quarantined by intake, not imported")
+    expires_at: dt.datetime
+
+
+class DownloadLink(BaseModel):
+    url: str = Field(description="GET the file here; read only")
+    expires_at: dt.datetime
+
+
+class EngagementSummary(BaseModel):
+    id: uuid.UUID
+    engagement_type: str
+    period: str
+    status: Literal["open", "delivered", "closed", "cancelled"]
+    fee_minor: int
+    currency: str
+    created_at: dt.datetime
+    closed_at: dt.datetime | None
+
+
+class EngagementList(BaseModel):
+    engagements: list[EngagementSummary]
+
+
+class ReceivedDocument(BaseModel):
+    document_id: str
+    doc_class: str
+    received_at: dt.datetime
+
+
+class WorkflowStatus(BaseModel):
+    """What the engagement's rows record of its workflow."""
+
+    required_documents: list[str]
+    missing_documents: list[str] = Field(description="required classes not yet received")
+    received_documents: list[ReceivedDocument]
+    invoiced: bool
+    deliverable: str | None
+
+
+class Engagement(EngagementSummary):
+    workflow: WorkflowStatus
 
 
 class Problem(BaseModel):

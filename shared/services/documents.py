@@ -479,13 +479,24 @@ _DOCUMENT_COLUMNS = (
 
 
 def get_document(client_id: uuid.UUID, document_id: uuid.UUID) -> dict[str, Any]:
-    """One document with its fields, sensitive values masked to their last four.
+    """One document with its fields, sensitive values masked to their last four; ``load``
+    does the same inside the caller's transaction.
 
     Raises:
         NotFound: no such document for this client.
     """
     with postgres.transaction() as conn:
-        return _load(conn, client_id, document_id, lock=False)
+        return load(conn, client_id, document_id)
+
+
+def load(conn: psycopg.Connection, client_id: uuid.UUID, document_id: uuid.UUID) -> dict[str, Any]:
+    """``get_document`` inside the caller's transaction; sensitive values are never
+    decrypted here.
+
+    Raises:
+        NotFound: no such document for this client, or not one the transaction may see.
+    """
+    return _load(conn, client_id, document_id, lock=False)
 
 
 def review_list(client_id: uuid.UUID) -> list[dict[str, Any]]:
@@ -529,49 +540,66 @@ def review(
         ValidationError: the body names an unknown class or a bad value; the message says which.
         NotFound: no such document for this client.
     """
-    doc_class, changes = _parse_review(body)
     with postgres.transaction() as conn:
-        before = _load(conn, client_id, document_id, lock=True)
-        kinds = {f["name"]: f for f in before["fields"]}
-        new_fields = []
-        removed = []
-        for name, value in changes.items():
-            if value is None:
-                removed.append(name)
-            else:
-                new_fields.append(_reviewed_field(name, value, kinds.get(name)))
-        if removed:
-            conn.execute(
-                "DELETE FROM document_fields WHERE document_id = %s AND name = ANY(%s)",
-                (document_id, removed),
-            )
-        _insert_fields(conn, client_id, document_id, new_fields, source="review")
-        revision = conn.execute(
-            "SELECT count(*) FROM audit_log WHERE action = 'document.reviewed' AND subject = %s",
-            (f"document/{document_id}",),
-        ).fetchone()
+        return review_in(conn, client_id, document_id, body, actor=actor)
+
+
+def review_in(
+    conn: psycopg.Connection,
+    client_id: uuid.UUID,
+    document_id: uuid.UUID,
+    body: Any,
+    *,
+    actor: str,
+) -> dict[str, Any]:
+    """``review`` inside the caller's transaction (the portal's, under row-level security).
+
+    Raises:
+        ValidationError: the body names an unknown class or a bad value.
+        NotFound: no such document for this client, or not one the transaction may see.
+    """
+    doc_class, changes = _parse_review(body)
+    before = _load(conn, client_id, document_id, lock=True)
+    kinds = {f["name"]: f for f in before["fields"]}
+    new_fields = []
+    removed = []
+    for name, value in changes.items():
+        if value is None:
+            removed.append(name)
+        else:
+            new_fields.append(_reviewed_field(name, value, kinds.get(name)))
+    if removed:
         conn.execute(
-            "UPDATE documents SET doc_class = coalesce(%s, doc_class), status = 'reviewed',"
-            " reviewed_by = %s, reviewed_at = now(), updated_at = now() WHERE id = %s",
-            (doc_class, actor, document_id),
+            "DELETE FROM document_fields WHERE document_id = %s AND name = ANY(%s)",
+            (document_id, removed),
         )
-        after = _load(conn, client_id, document_id, lock=False)
-        audit.record(
-            conn,
-            actor=actor,
-            action="document.reviewed",
-            client_id=client_id,
-            subject=f"document/{document_id}",
-            details={"before": _audit_view(before), "after": _audit_view(after)},
-        )
-        _announce(
-            conn,
-            client_id,
-            document_id,
-            after["doc_class"],
-            "reviewed",
-            revision=1 + int(revision[0] if revision else 0),
-        )
+    _insert_fields(conn, client_id, document_id, new_fields, source="review")
+    revision = conn.execute(
+        "SELECT count(*) FROM audit_log WHERE action = 'document.reviewed' AND subject = %s",
+        (f"document/{document_id}",),
+    ).fetchone()
+    conn.execute(
+        "UPDATE documents SET doc_class = coalesce(%s, doc_class), status = 'reviewed',"
+        " reviewed_by = %s, reviewed_at = now(), updated_at = now() WHERE id = %s",
+        (doc_class, actor, document_id),
+    )
+    after = _load(conn, client_id, document_id, lock=False)
+    audit.record(
+        conn,
+        actor=actor,
+        action="document.reviewed",
+        client_id=client_id,
+        subject=f"document/{document_id}",
+        details={"before": _audit_view(before), "after": _audit_view(after)},
+    )
+    _announce(
+        conn,
+        client_id,
+        document_id,
+        after["doc_class"],
+        "reviewed",
+        revision=1 + int(revision[0] if revision else 0),
+    )
     log.info(
         "document %s reviewed by %s",
         document_id,

@@ -426,12 +426,21 @@ def recategorise(
     assert current is not None
     entry_no: int | None = None
     if current[0] != target[0]:
+        # A transaction in a closed period is corrected on the first open day after it.
+        lock = conn.execute(
+            "SELECT locked_through FROM period_locks WHERE client_id = %s", (client_id,)
+        ).fetchone()
+        posted_on = booked_on
+        memo = "re-categorised"
+        if lock is not None and booked_on <= lock[0]:
+            posted_on = lock[0] + dt.timedelta(days=1)
+            memo = f"re-categorised; the books are closed through {lock[0].isoformat()}"
         # The counterpart line carried -amount on the old category: reverse it there and
         # carry it on the new one.
         posted = conn.execute(
             "INSERT INTO journal_entries (client_id, booked_on, reference, memo, source)"
             " VALUES (%s, %s, %s, %s, 'reclassification') RETURNING id",
-            (client_id, booked_on, f"bank-transaction:{transaction_id}", "re-categorised"),
+            (client_id, posted_on, f"bank-transaction:{transaction_id}", memo),
         ).fetchone()
         assert posted is not None
         entry_no = int(posted[0])

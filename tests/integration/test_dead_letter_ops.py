@@ -133,6 +133,7 @@ def test_bad_max_is_400(broker):
 
 
 def test_depth_counts_each_queue_and_records_the_gauge(broker: LocalBroker) -> None:
+    from shared.messaging import QUEUES
     from shared.services import dead_letters
     from tests.telemetry_support import points, providers
 
@@ -143,7 +144,7 @@ def test_depth_counts_each_queue_and_records_the_gauge(broker: LocalBroker) -> N
 
     after = dead_letters.measure()
 
-    assert set(after) == {"stripe-events", "quickbooks-events"}
+    assert set(after) == set(QUEUES)
     assert after[STRIPE_EVENTS_QUEUE] - before[STRIPE_EVENTS_QUEUE] == 2
     assert after["quickbooks-events"] == before["quickbooks-events"]
     recorded = {a["queue"]: v for a, v in points("advisoros.servicebus.dead_letters")}

@@ -89,19 +89,66 @@ def _fill(route: str, ids: dict[str, str]) -> str:
     return re.sub(r"{(\w+)}", lambda m: ids[m.group(1)], route)
 
 
+# A valid body for each operation that takes one, so the refusal is about the ids alone.
+BODIES = {
+    "ClientUpdate": {"name": "Taken"},
+    "CategoryChange": {"account_code": "6100"},
+    "DocumentReview": {"doc_class": "receipt"},
+    "UploadRequest": {"file_name": "scan.pdf", "content_type": "application/pdf"},
+}
+
+
+def _client_state(conn: psycopg.Connection, storage: str, client: uuid.UUID) -> list[object]:
+    """Everything a route could change for a client: rows, audit trail, blobs."""
+    from azure.storage.blob import ContainerClient
+
+    from shared.config import DOCUMENTS_CONTAINER
+
+    queries = [
+        "SELECT name, archived_at FROM clients WHERE id = %s",
+        "SELECT id, category_account_id FROM bank_transactions WHERE client_id = %s ORDER BY 1",
+        "SELECT id, doc_class, status, reviewed_by FROM documents WHERE client_id = %s ORDER BY 1",
+        "SELECT document_id, name, source FROM document_fields WHERE client_id = %s ORDER BY 1, 2",
+        "SELECT id, status FROM engagements WHERE client_id = %s ORDER BY 1",
+        "SELECT seq, action FROM audit_log WHERE client_id = %s ORDER BY seq",
+    ]
+    state: list[object] = [conn.execute(q, (client,)).fetchall() for q in queries]
+    state.append(
+        conn.execute(
+            "SELECT count(*) FROM outbox WHERE properties->>'client_id' = %s", (str(client),)
+        ).fetchone()
+    )
+    container = ContainerClient.from_connection_string(storage, DOCUMENTS_CONTAINER)
+    state.append(sorted(container.list_blob_names(name_starts_with=f"{client}/")))
+    return state
+
+
 def test_another_clients_ids_answer_as_ids_that_do_not_exist(
-    portal: None, firm: uuid.UUID, client_id: uuid.UUID
+    services: dict[str, str],
+    portal: None,
+    firm: uuid.UUID,
+    client_id: uuid.UUID,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Every route, for a client user and for an advisor of another firm."""
-    from functions import portal as api
-    from shared.services import clients
+    import base64
 
+    from functions import portal as api
+    from shared.config import get_settings
+    from shared.services import clients, engagements
+    from tests.portal.test_documents_engagements import take_in
+
+    monkeypatch.setattr(
+        get_settings(), "documents_field_key", base64.urlsafe_b64encode(b"i" * 32).decode()
+    )
     victim = clients.create_client(firm, "Victim")
     victim_txn = seed_bank(victim, 1)[0]
-    with psycopg.connect(__import__("os").environ["DATABASE_URL"]) as conn:
-        victim_import = conn.execute(
-            "SELECT id FROM ledger_imports WHERE client_id = %s", (victim,)
-        ).fetchone()
+    victim_document = take_in(victim, "other", 12)[0]
+    victim_engagement = engagements.open_engagement(victim, "advisory_project", "2026", "test")
+    database = psycopg.connect(services["DATABASE_URL"], autocommit=True)
+    victim_import = database.execute(
+        "SELECT id FROM ledger_imports WHERE client_id = %s", (victim,)
+    ).fetchone()
     assert victim_import is not None
     other_firm = clients.create_firm("Elsewhere")
     outsiders = {
@@ -112,13 +159,17 @@ def test_another_clients_ids_answer_as_ids_that_do_not_exist(
         "client_id": str(victim),
         "transaction_id": str(victim_txn),
         "import_id": str(victim_import[0]),
+        "document_id": str(victim_document),
+        "engagement_id": str(victim_engagement.id),
     }
     missing = {
         "client_id": str(uuid.uuid4()),
         "transaction_id": "999999999",
         "import_id": "999999999",
+        "document_id": str(uuid.uuid4()),
+        "engagement_id": str(uuid.uuid4()),
     }
-    bodies = {"PATCH": {"name": "Taken"}, "PUT": {"account_code": "6100"}}
+    before = _client_state(database, services["AzureWebJobsStorage"], victim)
 
     checked = 0
     for who, user in outsiders.items():
@@ -126,7 +177,7 @@ def test_another_clients_ids_answer_as_ids_that_do_not_exist(
             if "{client_id}" not in op.route:
                 continue
             path = op.route
-            body = bodies.get(op.method)
+            body = BODIES[op.body.__name__] if op.body else None
             params = {"from": "2026-01-01", "to": "2026-12-31"} if "profit" in path else None
             theirs = send(op.method, _fill(path, real), user.token, body=body, params=params)
             nobody = send(op.method, _fill(path, missing), user.token, body=body, params=params)
@@ -139,7 +190,45 @@ def test_another_clients_ids_answer_as_ids_that_do_not_exist(
 
     assert checked == 2 * sum("{client_id}" in op.route for op in api.OPERATIONS)
     # Nothing was changed on the way.
-    advisor = make_user(firm, "advisor")
-    assert send("GET", f"v1/clients/{victim}", advisor.token).json()["name"] == "Victim"
-    trail = send("GET", f"v1/clients/{victim}/audit-log", advisor.token).json()["entries"]
-    assert [e["action"] for e in trail] == ["client.created"]
+    assert _client_state(database, services["AzureWebJobsStorage"], victim) == before
+    database.close()
+
+
+def test_a_client_user_is_refused_every_staff_route_of_its_own_client(
+    services: dict[str, str],
+    portal: None,
+    firm: uuid.UUID,
+    client_id: uuid.UUID,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its own ids, so the refusal is the role's: 403, and nothing changed."""
+    import base64
+
+    from functions import portal as api
+    from shared.config import get_settings
+    from tests.portal.test_documents_engagements import take_in
+
+    monkeypatch.setattr(
+        get_settings(), "documents_field_key", base64.urlsafe_b64encode(b"r" * 32).decode()
+    )
+    own = {
+        "client_id": str(client_id),
+        "transaction_id": str(seed_bank(client_id, 1)[0]),
+        "document_id": str(take_in(client_id, "other", 12)[0]),
+    }
+    user = make_user(firm, "client_user", client_id)
+    database = psycopg.connect(services["DATABASE_URL"], autocommit=True)
+    before = _client_state(database, services["AzureWebJobsStorage"], client_id)
+
+    refused = {}
+    for op in api.OPERATIONS:
+        if op.staff_only and "{client_id}" in op.route:
+            body = BODIES[op.body.__name__] if op.body else None
+            refused[f"{op.method} {op.route}"] = send(
+                op.method, _fill(op.route, own), user.token, body=body
+            ).status
+
+    assert set(refused.values()) == {403}, refused
+    assert {"GET v1/clients/{client_id}/document-reviews"} <= set(refused)
+    assert _client_state(database, services["AzureWebJobsStorage"], client_id) == before
+    database.close()

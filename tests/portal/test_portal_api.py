@@ -3,6 +3,7 @@ CSV, limits and problem answers."""
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 
 import pytest
@@ -153,6 +154,39 @@ def test_statements_balance_and_recategorisation_moves_the_amount(
     assert balances == {"1000": 17532, "4900": -20000, "6000": 1234, "6100": 1234}
     assert sheet.json()["totals"]["assets"] == {"USD": "175.32"}
     assert log.json()["entries"][0]["action"] == "bank_transaction.recategorised"
+
+
+def test_recategorising_in_a_closed_period_posts_on_the_first_open_day(
+    firm: uuid.UUID, client_id: uuid.UUID
+) -> None:
+    from shared.adapters import postgres
+
+    txns = seed_bank(client_id, 2)  # dated 2026-01-01 and 2026-01-02
+    with postgres.transaction() as conn:
+        conn.execute(
+            "INSERT INTO period_locks (client_id, locked_through, locked_by)"
+            " VALUES (%s, '2026-01-31', 'test')",
+            (client_id,),
+        )
+    advisor = make_user(firm, "advisor")
+
+    changed = send(
+        "PUT",
+        f"v1/clients/{client_id}/bank-transactions/{txns[0]}/category",
+        advisor.token,
+        body={"account_code": "6100"},
+    )
+
+    assert changed.status == 200, changed.json()
+    with postgres.transaction() as conn:
+        posted = conn.execute(
+            "SELECT booked_on, memo FROM journal_entries WHERE id = %s",
+            (changed.json()["reclassification_entry_id"],),
+        ).fetchone()
+    assert posted == (
+        dt.date(2026, 2, 1),
+        "re-categorised; the books are closed through 2026-01-31",
+    )
 
 
 def test_recategorisation_to_an_unknown_account_is_refused(
