@@ -38,7 +38,8 @@ DEFAULT_HUB = "DevhostHub"
 DEFAULT_LEASE_S = 30.0
 DEFAULT_POLL_INTERVAL_S = 0.1
 DEFAULT_WORKERS = 4
-CLAIM_BATCH = 8
+# Work items one claim takes: activities, and orchestration instances (a quarter as many).
+CLAIM_BATCH = 32
 _SCHEMA_LOCK_KEY = 0x0DE7_D0AB
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
@@ -266,6 +267,24 @@ class _Episode:
     custom_status: str | None = None
     restart_input: str | None = None
     restarted: bool = False
+
+
+@dataclass
+class _Decided:
+    """An episode ready to write: the instance, the messages it consumed and its outcome."""
+
+    instance_id: str
+    execution_id: str
+    consumed: list[int]
+    plan: _Episode
+    state: EngineState
+    keep_status: bool = False
+    parent: str | None = None
+    parent_task: int | None = None
+
+
+# An activity's work id, instance id, name and outcome event, ready to record.
+_ActivityOutcome = tuple[int, str, str, dict[str, Any]]
 
 
 class NonDeterminism(Exception):
@@ -590,7 +609,9 @@ class DurableEngine:
         app: the loaded app; its orchestration and activity triggers are served.
         hub: the task hub.
         invoker: runs orchestrator episodes and activities in the host's thread pool.
-        workers: concurrent orchestrator episodes, and as many concurrent activities.
+        workers: concurrent orchestration claimers (each claims up to a quarter of
+            ``CLAIM_BATCH`` instances) and as many activity claimers (each up to
+            ``CLAIM_BATCH`` activities, run in the invoker's pool).
         lease_s: seconds a claim holds before another worker may take it over.
         poll_interval_s: seconds between looks for due work when nothing woke a worker.
     """
@@ -639,6 +660,8 @@ class DurableEngine:
 
     async def _loop(self, stop: asyncio.Event, batch: Any, wake: asyncio.Event) -> None:
         while not stop.is_set():
+            # Cleared before the claim, so a wake that comes while it runs is not lost.
+            wake.clear()
             try:
                 did = await batch()
             except Exception:
@@ -646,7 +669,6 @@ class DurableEngine:
                 did = 0
             if did:
                 continue
-            wake.clear()
             waiter = asyncio.ensure_future(wake.wait())
             stopper = asyncio.ensure_future(stop.wait())
             await asyncio.wait(
@@ -660,17 +682,26 @@ class DurableEngine:
     async def _activity_batch(self) -> int:
         async with self.hub.pool.connection() as conn:
             cur = await conn.execute(
-                "UPDATE devhost.durable_activities SET lease_owner = %(o)s,"
-                " lease_until = now() + make_interval(secs => %(l)s)"
-                " WHERE id IN (SELECT id FROM devhost.durable_activities"
+                "WITH due AS MATERIALIZED (SELECT id FROM devhost.durable_activities"
                 "   WHERE hub = %(hub)s AND visible_at <= now()"
                 "   AND (lease_until IS NULL OR lease_until < now())"
                 "   ORDER BY id LIMIT %(n)s FOR UPDATE SKIP LOCKED)"
-                " RETURNING id, instance_id, execution_id, task_id, name, input",
+                " UPDATE devhost.durable_activities a SET lease_owner = %(o)s,"
+                " lease_until = now() + make_interval(secs => %(l)s)"
+                " FROM due WHERE a.id = due.id"
+                " RETURNING a.id, a.instance_id, a.execution_id, a.task_id, a.name, a.input",
                 {"o": self._owner, "l": self._lease_s, "hub": self.hub.hub, "n": CLAIM_BATCH},
             )
             rows = await cur.fetchall()
-        await asyncio.gather(*(self._run_activity(*row) for row in rows))
+        if not rows:
+            return 0
+
+        # Results are recorded as they come in, each group in one statement, so a slow
+        # activity holds back no other's result and a busy hub pays one round trip per group.
+        running = {asyncio.ensure_future(self._run_activity(*row)) for row in rows}
+        while running:
+            done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            await self._record_activities([task.result() for task in done])
         return len(rows)
 
     async def _run_activity(
@@ -681,7 +712,8 @@ class DurableEngine:
         task_id: int,
         name: str,
         input_json: str | None,
-    ) -> None:
+    ) -> _ActivityOutcome:
+        """Run one claimed activity; returns its work id, instance, name and outcome event."""
         spec = self._activities.get(name)
         invocation_id = new_invocation_id()
         started = time.monotonic()
@@ -693,116 +725,132 @@ class DurableEngine:
                 Reason=f"The activity function '{name}' doesn't exist",
                 Details=f"no activity named {name} in the app",
             )
-        else:
-            try:
-                value = await self._invoker.call(
-                    spec,
-                    None if input_json is None else json.loads(input_json),
-                    invocation_id=invocation_id,
-                )
-                outcome = event(
-                    TASK_COMPLETED, utc_now(), TaskScheduledId=task_id, Result=json.dumps(value)
-                )
-            except Exception as exc:  # noqa: BLE001 - any failure of an activity is its outcome
-                log.warning(
-                    "activity %s of %s failed: %s",
-                    name,
-                    instance_id,
-                    exc,
-                    extra={"instance_id": instance_id, "function": name},
-                )
-                outcome = event(
-                    TASK_FAILED,
-                    utc_now(),
-                    TaskScheduledId=task_id,
-                    Reason=f"{type(exc).__name__}: {exc}",
-                    Details=repr(exc),
-                )
-            failed = int(outcome["EventType"]) == TASK_FAILED
-            log_invocation(
+            return work_id, instance_id, name, outcome
+        try:
+            value = await self._invoker.call(
                 spec,
-                invocation_id,
-                started,
-                "failed" if failed else "ok",
-                failed=failed,
-                instance_id=instance_id,
+                None if input_json is None else json.loads(input_json),
+                invocation_id=invocation_id,
             )
+            outcome = event(
+                TASK_COMPLETED, utc_now(), TaskScheduledId=task_id, Result=json.dumps(value)
+            )
+        except Exception as exc:  # noqa: BLE001 - any failure of an activity is its outcome
+            log.warning(
+                "activity %s of %s failed: %s",
+                name,
+                instance_id,
+                exc,
+                extra={"instance_id": instance_id, "function": name},
+            )
+            outcome = event(
+                TASK_FAILED,
+                utc_now(),
+                TaskScheduledId=task_id,
+                Reason=f"{type(exc).__name__}: {exc}",
+                Details=repr(exc),
+            )
+        failed = int(outcome["EventType"]) == TASK_FAILED
+        log_invocation(
+            spec,
+            invocation_id,
+            started,
+            "failed" if failed else "ok",
+            failed=failed,
+            instance_id=instance_id,
+        )
+        return work_id, instance_id, name, outcome
 
-        # The result is recorded in the statement that settles the work item, or not at all;
-        # an instance that ended or started over meanwhile gets nothing.
+    async def _record_activities(self, results: list[_ActivityOutcome]) -> None:
+        """Record activity outcomes in the statement that settles their work items.
+
+        A work item whose lease lapsed records nothing; an instance that ended or started
+        over meanwhile gets nothing.
+        """
         async with self.hub.pool.connection() as conn:
             cur = await conn.execute(
-                "WITH done AS (DELETE FROM devhost.durable_activities"
-                "   WHERE id = %(id)s AND lease_owner = %(o)s RETURNING hub, instance_id,"
-                "   execution_id),"
+                "WITH outcome AS (SELECT * FROM unnest(%(ids)s::bigint[], %(evs)s::jsonb[])"
+                "   AS t(id, ev)),"
+                " done AS (DELETE FROM devhost.durable_activities a USING outcome o"
+                "   WHERE a.id = o.id AND a.lease_owner = %(o)s"
+                "   RETURNING a.id, a.hub, a.instance_id, a.execution_id, o.ev),"
                 " posted AS (INSERT INTO devhost.durable_inbox (hub, instance_id, event)"
-                "   SELECT d.hub, d.instance_id, %(ev)s FROM done d"
+                "   SELECT d.hub, d.instance_id, d.ev FROM done d"
                 "   JOIN devhost.durable_instances i ON i.hub = d.hub"
                 "     AND i.instance_id = d.instance_id AND i.execution_id = d.execution_id"
-                "     AND i.status = ANY(%(active)s) RETURNING 1)"
-                " SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM posted)",
+                "     AND i.status = ANY(%(active)s) ORDER BY d.id RETURNING 1)"
+                " SELECT array(SELECT id FROM done), (SELECT count(*) FROM posted)",
                 {
-                    "id": work_id,
+                    "ids": [work_id for work_id, _, _, _ in results],
+                    "evs": [Jsonb(outcome) for _, _, _, outcome in results],
                     "o": self._owner,
-                    "ev": Jsonb(outcome),
                     "active": list(ACTIVE_STATUSES),
                 },
             )
             row = await cur.fetchone()
-        if row is None or row[0] != 1:
-            log.warning(
-                "activity %s of %s lost its lease; its result is dropped", name, instance_id
-            )
-            return
-        self._wake_orchestrators.set()
+        settled = set(row[0]) if row is not None else set()
+        for work_id, instance_id, name, _ in results:
+            if work_id not in settled:
+                log.warning(
+                    "activity %s of %s lost its lease; its result is dropped", name, instance_id
+                )
+        if settled:
+            self._wake_orchestrators.set()
 
     # -- orchestrations ---------------------------------------------------------------------
 
     async def _orchestrator_batch(self) -> int:
+        # The rows to claim are picked once, in a materialised step: as a subquery of the
+        # UPDATE the planner may run the pick again for each row, each time waiting on locks.
         async with self.hub.pool.connection() as conn:
             cur = await conn.execute(
-                "UPDATE devhost.durable_instances SET lease_owner = %(o)s,"
-                " lease_until = now() + make_interval(secs => %(l)s)"
-                " WHERE hub = %(hub)s AND instance_id IN ("
-                "   SELECT i.instance_id FROM devhost.durable_instances i"
+                "WITH due AS MATERIALIZED (SELECT i.instance_id"
+                "   FROM devhost.durable_instances i"
                 "   WHERE i.hub = %(hub)s AND (i.lease_until IS NULL OR i.lease_until < now())"
-                "   AND i.instance_id IN (SELECT m.instance_id FROM devhost.durable_inbox m"
-                "       WHERE m.hub = %(hub)s AND m.visible_at <= now())"
+                "   AND EXISTS (SELECT 1 FROM devhost.durable_inbox m WHERE m.hub = i.hub"
+                "       AND m.instance_id = i.instance_id AND m.visible_at <= now())"
                 "   LIMIT %(n)s FOR UPDATE SKIP LOCKED)"
-                " RETURNING instance_id",
-                {"o": self._owner, "l": self._lease_s, "hub": self.hub.hub, "n": CLAIM_BATCH // 2},
+                " UPDATE devhost.durable_instances c SET lease_owner = %(o)s,"
+                " lease_until = now() + make_interval(secs => %(l)s)"
+                " FROM due WHERE c.hub = %(hub)s AND c.instance_id = due.instance_id"
+                " RETURNING c.instance_id",
+                {"o": self._owner, "l": self._lease_s, "hub": self.hub.hub, "n": CLAIM_BATCH // 4},
             )
-            rows = await cur.fetchall()
-        await asyncio.gather(*(self._episode(str(r[0])) for r in rows))
-        return len(rows)
+            claimed = [str(r[0]) for r in await cur.fetchall()]
+            if not claimed:
+                return 0
 
-    async def _episode(self, instance_id: str) -> None:
-        """Replay one instance with its due messages and record what it decided."""
-        # One round trip: the instance, its history and its due messages.
-        async with self.hub.pool.connection() as conn:
+            # One more round trip reads every claimed instance with its history and due
+            # messages. It is a statement of its own: the claim's snapshot may predate the
+            # commit of the episode that released an instance, and would replay its messages.
             cur = await conn.execute(
-                "SELECT i.name, i.execution_id, i.status, i.input, i.engine_state,"
-                " i.parent_instance_id, i.parent_task_id,"
+                "SELECT i.instance_id, i.name, i.execution_id, i.status, i.input,"
+                " i.engine_state, i.parent_instance_id, i.parent_task_id,"
                 " (SELECT coalesce(jsonb_agg(h.event ORDER BY h.position), '[]')"
                 "    FROM devhost.durable_history h"
                 "    WHERE h.hub = i.hub AND h.instance_id = i.instance_id),"
                 " (SELECT coalesce(jsonb_agg(jsonb_build_array(m.id, m.event) ORDER BY m.id),"
                 "    '[]') FROM devhost.durable_inbox m WHERE m.hub = i.hub"
                 "    AND m.instance_id = i.instance_id AND m.visible_at <= now())"
-                " FROM devhost.durable_instances i WHERE i.hub = %s AND i.instance_id = %s"
-                " AND i.lease_owner = %s",
-                (self.hub.hub, instance_id, self._owner),
+                " FROM devhost.durable_instances i WHERE i.hub = %s"
+                " AND i.instance_id = ANY(%s) AND i.lease_owner = %s",
+                (self.hub.hub, claimed, self._owner),
             )
-            row = await cur.fetchone()
-        if row is None:
-            return
-        name, execution_id, status, input_json, raw_state, parent, parent_task = row[:7]
-        history: list[dict[str, Any]] = row[7]
-        messages = [(int(i), e) for i, e in row[8]]
+            rows = await cur.fetchall()
+        decided = await asyncio.gather(*(self._episode(row) for row in rows))
+        await self._commit_all(list(decided))
+        return len(claimed)
+
+    async def _episode(self, row: tuple[Any, ...]) -> _Decided:
+        """Replay one claimed instance with its due messages; returns what it decided."""
+        instance_id = str(row[0])
+        name, execution_id, status, input_json, raw_state, parent, parent_task = row[1:8]
+        history: list[dict[str, Any]] = row[8]
+        messages = [(int(i), e) for i, e in row[9]]
 
         state = EngineState.load(raw_state)
         if status not in ACTIVE_STATUSES:
-            await self._commit(
+            return _Decided(
                 instance_id,
                 execution_id,
                 [m for m, _ in messages],
@@ -810,7 +858,6 @@ class DurableEngine:
                 state,
                 keep_status=True,
             )
-            return
         batch_ids, batch = _choose_batch(messages, state)
         now = utc_now()
         plan = _Episode()
@@ -823,7 +870,7 @@ class DurableEngine:
             plan.output = json.dumps(f"no orchestrator function named {name} in the app")
         else:
             await self._replay(spec, instance_id, parent, input_json, history, state, plan, now)
-        await self._commit(
+        return _Decided(
             instance_id,
             execution_id,
             batch_ids,
@@ -905,9 +952,12 @@ class DurableEngine:
             for e in plan.history
             if int(e["EventType"]) not in (TIMER_CREATED, TASK_SCHEDULED, SUB_CREATED)
         ]
+        # The SDK parses every event's timestamp on each replay and reads nothing from an
+        # episode's end marker, so the markers older task hubs stored are left out.
+        replayed = [e for e in history if int(e["EventType"]) != ORCHESTRATOR_COMPLETED]
         payload = json.dumps(
             {
-                "history": history + new_events,
+                "history": replayed + new_events,
                 "instanceId": instance_id,
                 "isReplaying": False,
                 "parentInstanceId": parent,
@@ -918,7 +968,7 @@ class DurableEngine:
         invocation_id = new_invocation_id()
         started = time.monotonic()
         try:
-            raw = await self._invoker.call(spec, payload, invocation_id=invocation_id)
+            raw = await self._invoker.call(spec, payload, invocation_id=invocation_id, inline=True)
             result = json.loads(raw)
         except Exception as exc:  # noqa: BLE001 - the SDK raises a bare Exception
             message = str(exc).split("\n\n$OutOfProcData$", 1)[0]
@@ -1001,80 +1051,113 @@ class DurableEngine:
                 )
         state.actions = len(numbered)
 
-    async def _commit(
-        self,
-        instance_id: str,
-        execution_id: str,
-        consumed: list[int],
-        plan: _Episode,
-        state: EngineState,
-        *,
-        keep_status: bool = False,
-        parent: str | None = None,
-        parent_task: int | None = None,
-    ) -> None:
-        """Write an episode's outcome in one transaction, if the claim is still ours."""
-        now = utc_now()
-        async with self.hub.pool.connection() as conn, conn.transaction():
-            cur = await conn.execute(
-                "SELECT 1 FROM devhost.durable_instances WHERE hub = %s AND instance_id = %s"
-                " AND lease_owner = %s AND execution_id = %s FOR UPDATE",
-                (self.hub.hub, instance_id, self._owner, execution_id),
+    async def _commit_all(self, decided: list[_Decided]) -> None:
+        """Write the episodes of one claim in one transaction.
+
+        Should that transaction fail, each episode is written in one of its own, so one
+        instance whose writes fail holds back no other; an episode not written is replayed
+        once its claim lapses.
+        """
+        if not decided:
+            return
+        try:
+            ended = await self._write_episodes(decided)
+        except Exception:
+            if len(decided) == 1:
+                raise
+            log.warning(
+                "writing %d episodes together failed; writing each alone",
+                len(decided),
+                exc_info=True,
             )
-            if await cur.fetchone() is None:
-                log.warning(
-                    "orchestration %s lost its claim; the episode is replayed", instance_id
-                )
-                return
-            await conn.execute("DELETE FROM devhost.durable_inbox WHERE id = ANY(%s)", (consumed,))
-            if keep_status:
-                await self._release(conn, instance_id)
-                return
-            if plan.restarted:
-                await self._continue_as_new(conn, instance_id, plan)
-                return
-            done = plan.status in (COMPLETED, FAILED)
-            plan.history.append(event(ORCHESTRATOR_COMPLETED, now))
-            if plan.status == COMPLETED:
-                plan.history.append(event(EXECUTION_COMPLETED, now, Result=plan.output))
-            elif plan.status == FAILED:
-                plan.history.append(event(EXECUTION_FAILED, now, Reason=_loads(plan.output)))
-            await self.hub._append(conn, instance_id, plan.history)
-            if done:
-                await conn.execute(
-                    "DELETE FROM devhost.durable_inbox WHERE hub = %s AND instance_id = %s",
-                    (self.hub.hub, instance_id),
-                )
-                await conn.execute(
-                    "DELETE FROM devhost.durable_activities WHERE hub = %s AND instance_id = %s",
-                    (self.hub.hub, instance_id),
-                )
-                if parent is not None:
-                    await self._tell_parent(conn, parent, parent_task, plan)
-            else:
-                await self._queue_work(conn, instance_id, execution_id, plan)
-            await conn.execute(
-                "UPDATE devhost.durable_instances SET status = %s, output = %s,"
-                " custom_status = coalesce(%s, custom_status), engine_state = %s,"
-                " updated_at = now(), lease_owner = NULL, lease_until = NULL"
-                " WHERE hub = %s AND instance_id = %s",
-                (
-                    plan.status,
-                    plan.output,
-                    plan.custom_status,
-                    Jsonb(state.dump()),
-                    self.hub.hub,
-                    instance_id,
-                ),
-            )
-        if done:
+            ended = []
+            for one in decided:
+                try:
+                    ended += await self._write_episodes([one])
+                except Exception:
+                    log.exception(
+                        "orchestration %s: its episode could not be written",
+                        one.instance_id,
+                        extra={"instance_id": one.instance_id},
+                    )
+        for one in ended:
             log.info(
                 "orchestration %s %s",
-                instance_id,
-                plan.status.lower(),
-                extra={"instance_id": instance_id, "outcome": plan.status},
+                one.instance_id,
+                one.plan.status.lower(),
+                extra={"instance_id": one.instance_id, "outcome": one.plan.status},
             )
         self.wake()
+
+    async def _write_episodes(self, decided: list[_Decided]) -> list[_Decided]:
+        """Write episodes whose claims are still ours; returns those whose instance ended."""
+        ended: list[_Decided] = []
+        # Pipelined: the claim check is one round trip, and every write plus the commit one more.
+        async with self.hub.pool.connection() as conn, conn.pipeline(), conn.transaction():
+            cur = await conn.execute(
+                "SELECT instance_id, execution_id FROM devhost.durable_instances"
+                " WHERE hub = %s AND instance_id = ANY(%s) AND lease_owner = %s"
+                " ORDER BY instance_id FOR UPDATE",
+                (self.hub.hub, [d.instance_id for d in decided], self._owner),
+            )
+            held = {(str(i), str(e)) for i, e in await cur.fetchall()}
+            for one in decided:
+                if (one.instance_id, one.execution_id) not in held:
+                    log.warning(
+                        "orchestration %s lost its claim; the episode is replayed",
+                        one.instance_id,
+                    )
+                    continue
+                if await self._write_episode(conn, one):
+                    ended.append(one)
+        return ended
+
+    async def _write_episode(self, conn: AsyncConnection[Any], one: _Decided) -> bool:
+        """Write one episode's outcome; returns whether its instance ended."""
+        instance_id, plan = one.instance_id, one.plan
+        await conn.execute("DELETE FROM devhost.durable_inbox WHERE id = ANY(%s)", (one.consumed,))
+        if one.keep_status:
+            await self._release(conn, instance_id)
+            return False
+        if plan.restarted:
+            await self._continue_as_new(conn, instance_id, plan)
+            return False
+        now = utc_now()
+        done = plan.status in (COMPLETED, FAILED)
+        events = list(plan.history)
+        if plan.status == COMPLETED:
+            events.append(event(EXECUTION_COMPLETED, now, Result=plan.output))
+        elif plan.status == FAILED:
+            events.append(event(EXECUTION_FAILED, now, Reason=_loads(plan.output)))
+        await self.hub._append(conn, instance_id, events)
+        if done:
+            await conn.execute(
+                "DELETE FROM devhost.durable_inbox WHERE hub = %s AND instance_id = %s",
+                (self.hub.hub, instance_id),
+            )
+            await conn.execute(
+                "DELETE FROM devhost.durable_activities WHERE hub = %s AND instance_id = %s",
+                (self.hub.hub, instance_id),
+            )
+            if one.parent is not None:
+                await self._tell_parent(conn, one.parent, one.parent_task, plan)
+        else:
+            await self._queue_work(conn, instance_id, one.execution_id, plan)
+        await conn.execute(
+            "UPDATE devhost.durable_instances SET status = %s, output = %s,"
+            " custom_status = coalesce(%s, custom_status), engine_state = %s,"
+            " updated_at = now(), lease_owner = NULL, lease_until = NULL"
+            " WHERE hub = %s AND instance_id = %s",
+            (
+                plan.status,
+                plan.output,
+                plan.custom_status,
+                Jsonb(one.state.dump()),
+                self.hub.hub,
+                instance_id,
+            ),
+        )
+        return done
 
     async def _queue_work(
         self, conn: AsyncConnection[Any], instance_id: str, execution_id: str, plan: _Episode

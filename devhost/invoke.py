@@ -154,10 +154,14 @@ class Invoker:
         retry_count: int = 0,
         max_retry_count: int = 0,
         extra: dict[str, Any] | None = None,
+        inline: bool = False,
     ) -> Any:
         """Invoke ``spec`` with its trigger value; returns what the function returned.
 
         ``extra`` holds values of its other bindings, by name (the Durable client).
+        ``inline`` runs a plain function on the calling thread instead of the pool: for
+        short CPU-only work (an orchestrator replay), which a thread would only make wait
+        for the interpreter lock.
 
         Raises:
             Exception: whatever the function raised.
@@ -176,6 +180,9 @@ class Invoker:
         target = spec.user_function
         if inspect.iscoroutinefunction(target):
             return await target(**kwargs)
+        if inline:
+            result = target(**kwargs)
+            return (await result) if inspect.isawaitable(result) else result
         loop = asyncio.get_running_loop()
         ctx = contextvars.copy_context()
         result = await loop.run_in_executor(
