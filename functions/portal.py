@@ -490,11 +490,28 @@ def _read_body(req: func.HttpRequest, op: Operation) -> Any:
         raise ValidationError("the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise ValidationError("the body must be a JSON object")
+    _refuse_nul(data, "field")
     return _parse(op.body, data, "body")
 
 
+def _refuse_nul(value: Any, label: str, where: str = "") -> None:
+    # Postgres text cannot hold NUL; say which input carries one instead of failing later.
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValidationError(f"{label} {where!r}: contains a NUL character")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_nul(key, label, where)
+            _refuse_nul(item, label, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _refuse_nul(item, label, f"{where}.{index}")
+
+
 def _read_query(req: func.HttpRequest, op: Operation) -> Any:
-    query = _parse(op.query, dict(req.params), "query")
+    params = dict(req.params)
+    _refuse_nul(params, "query parameter")
+    query = _parse(op.query, params, "query")
     limit = getattr(query, "limit", None)
     cap = get_settings().portal_max_page_size
     if limit is not None and limit > cap:

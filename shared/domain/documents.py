@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
-DOC_CLASSES = (
+# The classes a document can have; the API's schema lists the same values.
+DocClass = Literal[
     "w2",
     "1099-nec",
     "1099-int",
@@ -19,7 +20,8 @@ DOC_CLASSES = (
     "pay_stub",
     "engagement_letter",
     "other",
-)
+]
+DOC_CLASSES: tuple[str, ...] = get_args(DocClass)
 
 # Fields that hold tax ids or account numbers: encrypted at rest, masked everywhere else.
 SENSITIVE_FIELDS = frozenset(

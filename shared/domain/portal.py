@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.domain.documents import DocClass
+
 Amount = Field(description="decimal string in the currency's own scale, debits positive")
 MinorUnits = Field(description="the same amount in integer minor units")
 
@@ -68,23 +70,6 @@ class ClientUpdate(_Strict):
 
 class CategoryChange(_Strict):
     account_code: str = Field(min_length=1, max_length=50, description="the new category")
-
-
-DocClass = Literal[
-    "w2",
-    "1099-nec",
-    "1099-int",
-    "1099-div",
-    "1099-misc",
-    "1098",
-    "bank_statement",
-    "credit_card_statement",
-    "invoice",
-    "receipt",
-    "pay_stub",
-    "engagement_letter",
-    "other",
-]
 
 
 class MoneyValue(_Strict):

@@ -328,3 +328,14 @@ def test_reference_page_lists_every_operation() -> None:
 
     assert page.startswith("<!doctype html>")
     assert all(f"id='{op.name}'" in page for op in api.OPERATIONS)
+
+
+def test_a_nul_character_is_refused_naming_the_field(
+    firm: uuid.UUID, client_id: uuid.UUID
+) -> None:
+    advisor = make_user(firm, "advisor")
+
+    renamed = send("PATCH", f"v1/clients/{client_id}", advisor.token, body={"name": "a\u0000b"})
+
+    assert renamed.status == 400
+    assert renamed.json()["detail"] == "field 'name': contains a NUL character"
