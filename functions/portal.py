@@ -12,11 +12,13 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import azure.durable_functions as df
 import azure.functions as func
 import psycopg
 import pydantic
@@ -37,13 +39,13 @@ from shared.errors import (
     UpstreamError,
     ValidationError,
 )
-from shared.services import identity
+from shared.services import engagements, identity
 from shared.services import portal as views
 from shared.services import portal_documents as records
 
 log = logging.getLogger(__name__)
 
-portal_bp = func.Blueprint()  # type: ignore[no-untyped-call]
+portal_bp = df.Blueprint()
 
 API_PREFIX = "v1"
 API_TITLE = "AdvisorOS portal API"
@@ -66,18 +68,53 @@ class Call:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkflowCall:
+    """What a workflow handler gets: the caller, the checked inputs and the Durable client.
+
+    It opens its transactions itself (`transaction`), so a workflow is started only after
+    the rows it reads have committed.
+    """
+
+    principal: identity.Principal
+    client_id: uuid.UUID
+    body: Any
+    params: dict[str, str]
+    durable: df.DurableOrchestrationClient
+    staff_only: bool
+    summary: str
+
+    @contextmanager
+    def transaction(self) -> Iterator[psycopg.Connection]:
+        """A transaction acting for the caller, scoped to the route's client, with the same
+        checks as every other operation's (another client's id is NotFound, then the role)."""
+        principal = self.principal
+        with postgres.scoped_transaction(
+            firm_id=principal.firm_id, client_id=principal.client_id, user_id=principal.user_id
+        ) as conn:
+            _enter_client(conn, principal, str(self.client_id))
+            _check_role(principal, self.staff_only, self.summary)
+            yield conn
+
+
+Handler = Callable[[Call], BaseModel]
+WorkflowHandler = Callable[[WorkflowCall], Awaitable[BaseModel]]
+
+
+@dataclass(frozen=True, slots=True)
 class Operation:
     method: str
     route: str
     name: str
     summary: str
-    handler: Callable[[Call], BaseModel]
+    handler: Handler | WorkflowHandler
     response: type[BaseModel]
     query: type[BaseModel]
     body: type[BaseModel] | None
     staff_only: bool
     status: int
     csv: Callable[[Any], tuple[list[str], Iterable[list[Any]]]] | None
+    # A workflow operation runs on the event loop with the Durable client (WorkflowCall).
+    workflow: bool
 
 
 OPERATIONS: list[Operation] = []
@@ -93,10 +130,12 @@ def operation(
     staff_only: bool = False,
     status: int = 200,
     csv_rows: Callable[[Any], tuple[list[str], Iterable[list[Any]]]] | None = None,
-) -> Callable[[Callable[[Call], BaseModel]], Callable[[Call], BaseModel]]:
-    """Declare one operation of the API; see the module docstring."""
+    workflow: bool = False,
+) -> Callable[[Any], Any]:
+    """Declare one operation of the API; see the module docstring. A ``workflow`` handler
+    is a coroutine taking a `WorkflowCall`; every other one takes a `Call`."""
 
-    def decorate(handler: Callable[[Call], BaseModel]) -> Callable[[Call], BaseModel]:
+    def decorate(handler: Any) -> Any:
         OPERATIONS.append(
             Operation(
                 method=method,
@@ -110,6 +149,7 @@ def operation(
                 staff_only=staff_only,
                 status=status,
                 csv=csv_rows,
+                workflow=workflow,
             )
         )
         return handler
@@ -122,7 +162,7 @@ def _client(call: Call) -> uuid.UUID:
     return call.client_id
 
 
-def _actor(call: Call) -> str:
+def _actor(call: Call | WorkflowCall) -> str:
     return f"user:{call.principal.user_id}"
 
 
@@ -421,6 +461,99 @@ def get_engagement(call: Call) -> BaseModel:
     return records.get_engagement(call.conn, _client(call), call.params["engagement_id"])
 
 
+@operation(
+    "POST",
+    "clients/{client_id}/engagements",
+    response=m.EngagementStarted,
+    body=m.EngagementStart,
+    staff_only=True,
+    status=202,
+    workflow=True,
+)
+async def start_engagement(call: WorkflowCall) -> BaseModel:
+    """Open an engagement and start its workflow (firm staff).
+
+    The type and period identify the engagement and its workflow instance: the same pair
+    again answers the engagement already started, with ``created`` false.
+    """
+    with call.transaction() as conn:
+        engagement = engagements.open_engagement_in(
+            conn, call.client_id, call.body.engagement_type, call.body.period, _actor(call)
+        )
+    # After the commit: the workflow's first step reads the row.
+    created = await _start_workflow(call.durable, engagement)
+    with call.transaction() as conn:
+        summary = records.engagement_summary(conn, call.client_id, engagement.id)
+    return m.EngagementStarted(
+        **summary.model_dump(),
+        instance_id=engagement.instance_id,
+        created=created,
+    )
+
+
+@operation(
+    "POST",
+    "clients/{client_id}/engagements/{engagement_id}/review",
+    response=m.ReviewAccepted,
+    body=m.ReviewDecision,
+    staff_only=True,
+    status=202,
+    workflow=True,
+)
+async def review_engagement(call: WorkflowCall) -> BaseModel:
+    """Approve or reject the review step the engagement waits for (firm staff).
+
+    A rejection says why in ``comment``. The decision is audited in the transaction that
+    sends it to the workflow; a step other than the one waited for is a conflict.
+    """
+    decision: m.ReviewDecision = call.body
+    with call.transaction() as conn:
+        engagement = records.engagement_of(conn, call.client_id, call.params["engagement_id"])
+        status = await call.durable.get_status(engagement.instance_id)
+        running = status.runtime_status in (
+            df.OrchestrationRuntimeStatus.Running,
+            df.OrchestrationRuntimeStatus.Pending,
+        )
+        waiting = engagements.waiting_review(status.custom_status) if running else None
+        if waiting is None:
+            raise Conflict(f"engagement {engagement.id} is not waiting for a review")
+        step, event = waiting
+        if step != decision.step:
+            raise Conflict(
+                f"engagement {engagement.id} is waiting for review step {step!r},"
+                f" not {decision.step!r}"
+            )
+        payload = decision.model_dump(exclude={"step"})
+        engagements.record_review(conn, engagement, step, payload, _actor(call))
+        # Sent before the commit: a refused send leaves no audit row of a decision that
+        # was never made. The event name is the step's own, so a repeat is never taken
+        # for a later step's decision.
+        await call.durable.raise_event(engagement.instance_id, event, payload)
+    return m.ReviewAccepted(engagement_id=engagement.id, step=step, decision=decision.decision)
+
+
+async def _start_workflow(
+    durable: df.DurableOrchestrationClient, engagement: engagements.Engagement
+) -> bool:
+    """Start the engagement's orchestration unless its instance exists; True when started."""
+    existing = await durable.get_status(engagement.instance_id)
+    if existing is not None and existing.runtime_status is not None:
+        return False
+    try:
+        await durable.start_new(
+            engagements.ORCHESTRATOR,
+            engagement.instance_id,
+            {"engagement_id": str(engagement.id)},
+        )
+    except Exception:  # the SDK refuses a start with a bare Exception
+        # A concurrent start of the same engagement won the race: the instance exists.
+        again = await durable.get_status(engagement.instance_id)
+        if again is None or again.runtime_status is None:
+            raise
+        return False
+    return True
+
+
 # -- Dispatch ------------------------------------------------------------------------------
 
 
@@ -436,16 +569,20 @@ def _route_int(params: dict[str, str], name: str, what: str) -> int:
     return int(raw)
 
 
+def _route_client(raw: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise NotFound(f"client {raw!r} not found") from None
+
+
 def _enter_client(conn: psycopg.Connection, principal: identity.Principal, raw: str) -> uuid.UUID:
     """Check the route's client against the caller and scope the transaction to it.
 
     Another client's id and an id that does not exist answer the same NotFound.
     """
     missing = NotFound(f"client {raw!r} not found")
-    try:
-        client_id = uuid.UUID(raw)
-    except ValueError:
-        raise missing from None
+    client_id = _route_client(raw)
     if principal.client_id is not None and principal.client_id != client_id:
         raise missing
     # Under the firm's policy, staff see only their own firm's clients; the one they name
@@ -520,16 +657,51 @@ def _read_query(req: func.HttpRequest, op: Operation) -> Any:
 
 
 def dispatch(req: func.HttpRequest, route: str) -> func.HttpResponse:
-    """Serve one request to a portal route: size, identity, rate, inputs, scope, handler."""
+    """Serve one request to a portal route: size, identity, rate, inputs, scope, handler.
+
+    A workflow operation needs the Durable client: `dispatch_workflow` serves those.
+    """
     try:
-        return _serve(req, route)
+        admitted = _admit(req, route)
+        if isinstance(admitted, func.HttpResponse):
+            return admitted
+        if admitted.op.workflow:
+            raise AssertionError(f"{admitted.op.name} is served by dispatch_workflow")
+        return _serve(admitted)
     except _InvalidInput as exc:
         return problem(400, "Invalid request", str(exc), errors=exc.errors)
     except AdvisorError as exc:
         return _error(exc)
 
 
-def _serve(req: func.HttpRequest, route: str) -> func.HttpResponse:
+async def dispatch_workflow(
+    req: func.HttpRequest, route: str, durable: df.DurableOrchestrationClient
+) -> func.HttpResponse:
+    """`dispatch` for the routes of workflow operations, with the Durable client."""
+    try:
+        admitted = _admit(req, route)
+        if isinstance(admitted, func.HttpResponse):
+            return admitted
+        if not admitted.op.workflow:
+            return _serve(admitted)
+        return await _serve_workflow(admitted, durable)
+    except _InvalidInput as exc:
+        return problem(400, "Invalid request", str(exc), errors=exc.errors)
+    except AdvisorError as exc:
+        return _error(exc)
+
+
+@dataclass(frozen=True, slots=True)
+class _Admitted:
+    op: Operation
+    principal: identity.Principal
+    query: Any
+    body: Any
+    params: dict[str, str]
+
+
+def _admit(req: func.HttpRequest, route: str) -> _Admitted | func.HttpResponse:
+    """The checks before any handler: size, identity, rate, method, query and body."""
     limit = get_settings().portal_max_body_bytes
     if len(req.get_body()) > limit:
         return problem(413, "Payload too large", f"the body is over {limit} bytes")
@@ -548,22 +720,45 @@ def _serve(req: func.HttpRequest, route: str) -> func.HttpResponse:
         detail = f"the body must be sent as application/json, not {media or 'no content type'}"
         return problem(415, "Unsupported media type", detail)
     body = _read_body(req, op)
-    params = dict(req.route_params)
+    return _Admitted(op, principal, query, body, dict(req.route_params))
+
+
+def _check_role(principal: identity.Principal, staff_only: bool, summary: str) -> None:
+    if staff_only and not principal.is_staff:
+        raise Forbidden(f"only firm staff may {summary[0].lower()}{summary[1:]}")
+
+
+def _serve(admitted: _Admitted) -> func.HttpResponse:
+    op, principal, query, params = admitted.op, admitted.principal, admitted.query, admitted.params
     with postgres.scoped_transaction(
         firm_id=principal.firm_id, client_id=principal.client_id, user_id=principal.user_id
     ) as conn:
         client_id = None
         if "client_id" in params:
             client_id = _enter_client(conn, principal, params["client_id"])
-        if op.staff_only and not principal.is_staff:
-            raise Forbidden(f"only firm staff may {op.summary[0].lower()}{op.summary[1:]}")
-        result = op.handler(Call(principal, conn, client_id, query, body, params))
+        _check_role(principal, op.staff_only, op.summary)
+        handler: Handler = op.handler  # type: ignore[assignment]
+        result = handler(Call(principal, conn, client_id, query, admitted.body, params))
     if op.csv is not None and getattr(query, "format", "json") == "csv":
         return _csv_response(op, result)
+    return _json(result, op.status)
+
+
+async def _serve_workflow(
+    admitted: _Admitted, durable: df.DurableOrchestrationClient
+) -> func.HttpResponse:
+    op, params = admitted.op, admitted.params
+    client_id = _route_client(params["client_id"])
+    call = WorkflowCall(
+        admitted.principal, client_id, admitted.body, params, durable, op.staff_only, op.summary
+    )
+    handler: WorkflowHandler = op.handler  # type: ignore[assignment]
+    return _json(await handler(call), op.status)
+
+
+def _json(result: BaseModel, status: int) -> func.HttpResponse:
     return func.HttpResponse(
-        result.model_dump_json(by_alias=True),
-        status_code=op.status,
-        mimetype="application/json",
+        result.model_dump_json(by_alias=True), status_code=status, mimetype="application/json"
     )
 
 
@@ -614,23 +809,44 @@ def _csv_response(op: Operation, result: BaseModel) -> func.HttpResponse:
     return response
 
 
+def _function_name(route: str, workflow: bool) -> str:
+    name = "portal_" + re.sub(r"[^a-z0-9]+", "_", route.lower()).strip("_")
+    return f"{name}_workflow" if workflow else name
+
+
 def _register(route: str, methods: list[str]) -> None:
     def serve(req: func.HttpRequest) -> func.HttpResponse:
         return dispatch(req, route)
 
-    serve.__name__ = "portal_" + re.sub(r"[^a-z0-9]+", "_", route.lower()).strip("_")
+    serve.__name__ = _function_name(route, workflow=False)
     portal_bp.route(route=route, methods=methods, auth_level=func.AuthLevel.ANONYMOUS)(serve)
 
 
-def _routes() -> dict[str, list[str]]:
+def _register_workflow(route: str, methods: list[str]) -> None:
+    # Its own function (same route, other methods) with the Durable client binding; the
+    # plain operations stay on the thread pool.
+    async def serve(
+        req: func.HttpRequest, client: df.DurableOrchestrationClient
+    ) -> func.HttpResponse:
+        return await dispatch_workflow(req, route, client)
+
+    serve.__name__ = _function_name(route, workflow=True)
+    registered = portal_bp.durable_client_input(client_name="client")(serve)
+    portal_bp.route(route=route, methods=methods, auth_level=func.AuthLevel.ANONYMOUS)(registered)
+
+
+def _routes(workflow: bool) -> dict[str, list[str]]:
     routes: dict[str, list[str]] = {}
     for op in OPERATIONS:
-        routes.setdefault(op.route, []).append(op.method)
+        if op.workflow == workflow:
+            routes.setdefault(op.route, []).append(op.method)
     return routes
 
 
-for _route, _methods in _routes().items():
+for _route, _methods in _routes(workflow=False).items():
     _register(_route, _methods)
+for _route, _methods in _routes(workflow=True).items():
+    _register_workflow(_route, _methods)
 
 
 # -- OpenAPI -------------------------------------------------------------------------------

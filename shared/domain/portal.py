@@ -7,7 +7,8 @@ import datetime as dt
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from shared.domain.documents import DocClass
 
@@ -101,6 +102,50 @@ class UploadRequest(_Strict):
 EngagementTypeKey = Literal[
     "individual_tax_return", "monthly_bookkeeping_close", "advisory_project"
 ]
+
+
+class EngagementStart(_Strict):
+    """Open an engagement of the client and start its workflow; the type and period identify
+    it, so the same pair again answers the engagement already started."""
+
+    engagement_type: EngagementTypeKey
+    period: str = Field(
+        min_length=1,
+        max_length=32,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._/-]*$",
+        description="the period it covers, such as 2026 or 2026-11",
+    )
+
+
+class ReviewDecision(_Strict):
+    """An advisor's decision on the review step the engagement waits for."""
+
+    step: str = Field(
+        min_length=1,
+        max_length=64,
+        description="the review step decided, as the engagement's workflow names it",
+    )
+    decision: Literal["approve", "reject"]
+    comment: str = Field(
+        default="",
+        max_length=2000,
+        validate_default=True,
+        description="what to fix; required to reject",
+    )
+    documents: list[DocClass] = Field(
+        default_factory=list,
+        max_length=20,
+        description="on a rejection, the document classes to ask the client for again",
+    )
+
+    @field_validator("comment")
+    @classmethod
+    def _rejection_says_why(cls, comment: str, info: ValidationInfo) -> str:
+        if info.data.get("decision") == "reject" and not comment:
+            raise PydanticCustomError(
+                "comment_required", "a rejection needs a comment saying what to fix"
+            )
+        return comment
 
 
 # -- Responses -----------------------------------------------------------------------------
@@ -408,6 +453,17 @@ class WorkflowStatus(BaseModel):
 
 class Engagement(EngagementSummary):
     workflow: WorkflowStatus
+
+
+class EngagementStarted(EngagementSummary):
+    instance_id: str = Field(description="the workflow's instance, derived from the engagement")
+    created: bool = Field(description="false when this engagement had been started before")
+
+
+class ReviewAccepted(BaseModel):
+    engagement_id: uuid.UUID
+    step: str
+    decision: Literal["approve", "reject"]
 
 
 class Problem(BaseModel):

@@ -71,37 +71,50 @@ def open_engagement(client_id: uuid.UUID, type_key: str, period: str, actor: str
         ValidationError: unknown type or an empty period.
         NotFound: no such client.
     """
+    with postgres.transaction() as conn:
+        return open_engagement_in(conn, client_id, type_key, period, actor)
+
+
+def open_engagement_in(
+    conn: psycopg.Connection, client_id: uuid.UUID, type_key: str, period: str, actor: str
+) -> Engagement:
+    """`open_engagement` in the caller's transaction (the portal's, under row-level
+    security): the row and its audit entry commit with the caller's work, or not at all.
+
+    Raises:
+        ValidationError: unknown type or an empty period.
+        NotFound: no such client, or not one the transaction may see.
+    """
     kind = engagement_type(type_key)
     if not period.strip() or len(period) > 32:
         raise ValidationError("period must be 1 to 32 characters, such as 2026 or 2026-11")
     engagement_id = engagement_id_for(client_id, type_key, period)
-    with postgres.transaction() as conn:
-        if conn.execute("SELECT 1 FROM clients WHERE id = %s", (client_id,)).fetchone() is None:
-            raise NotFound(f"client {client_id} does not exist")
-        inserted = conn.execute(
-            "INSERT INTO engagements (id, client_id, engagement_type, period, instance_id,"
-            " fee_minor, currency) VALUES (%s, %s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (id) DO NOTHING RETURNING id",
-            (
-                engagement_id,
-                client_id,
-                kind.key,
-                period,
-                instance_id_for(engagement_id),
-                kind.fee_minor,
-                kind.currency,
-            ),
-        ).fetchone()
-        if inserted is not None:
-            audit.record(
-                conn,
-                actor=actor,
-                action="engagement.opened",
-                client_id=client_id,
-                subject=str(engagement_id),
-                details={"engagement_type": kind.key, "period": period},
-            )
-        return _load(conn, engagement_id)
+    if conn.execute("SELECT 1 FROM clients WHERE id = %s", (client_id,)).fetchone() is None:
+        raise NotFound(f"client {client_id} does not exist")
+    inserted = conn.execute(
+        "INSERT INTO engagements (id, client_id, engagement_type, period, instance_id,"
+        " fee_minor, currency) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (id) DO NOTHING RETURNING id",
+        (
+            engagement_id,
+            client_id,
+            kind.key,
+            period,
+            instance_id_for(engagement_id),
+            kind.fee_minor,
+            kind.currency,
+        ),
+    ).fetchone()
+    if inserted is not None:
+        audit.record(
+            conn,
+            actor=actor,
+            action="engagement.opened",
+            client_id=client_id,
+            subject=str(engagement_id),
+            details={"engagement_type": kind.key, "period": period},
+        )
+    return _load(conn, engagement_id)
 
 
 def get(engagement_id: uuid.UUID) -> Engagement:
@@ -112,6 +125,45 @@ def get(engagement_id: uuid.UUID) -> Engagement:
     """
     with postgres.transaction() as conn:
         return _load(conn, engagement_id)
+
+
+def get_in(conn: psycopg.Connection, engagement_id: uuid.UUID) -> Engagement:
+    """`get` in the caller's transaction; under row-level security another client's
+    engagement is as missing as one that does not exist.
+
+    Raises:
+        NotFound: no such engagement, or not one the transaction may see.
+    """
+    return _load(conn, engagement_id)
+
+
+def waiting_review(custom_status: Any) -> tuple[str, str] | None:
+    """The review an orchestration's custom status says it waits for, as (step, event
+    name); None when it waits for something else."""
+    if not isinstance(custom_status, dict):
+        return None
+    step, event = custom_status.get("step"), custom_status.get("event")
+    if not (isinstance(step, str) and step.startswith("review:") and isinstance(event, str)):
+        return None
+    return step.removeprefix("review:"), event
+
+
+def record_review(
+    conn: psycopg.Connection,
+    engagement: Engagement,
+    step: str,
+    decision: dict[str, Any],
+    actor: str,
+) -> None:
+    """Audit an advisor's review decision, in the transaction that sends it on."""
+    audit.record(
+        conn,
+        actor=actor,
+        action=f"engagement.review.{decision['decision']}",
+        client_id=engagement.client_id,
+        subject=str(engagement.id),
+        details={"step": step, **decision},
+    )
 
 
 def _load(conn: psycopg.Connection, engagement_id: uuid.UUID) -> Engagement:

@@ -20,7 +20,7 @@ from shared.config import (
 from shared.domain import portal as m
 from shared.domain.engagements import engagement_type, requirement_met_by
 from shared.errors import NotFound, ValidationError
-from shared.services import audit, documents
+from shared.services import audit, documents, engagements
 from shared.services.portal import decode_cursor, encode_cursor
 
 UPLOAD_CONTENT_TYPES = ("application/pdf", "image/jpeg", "image/png", "image/tiff")
@@ -227,21 +227,61 @@ def list_engagements(conn: psycopg.Connection, client_id: uuid.UUID) -> m.Engage
     return m.EngagementList(engagements=[_engagement(r) for r in rows])
 
 
+def _engagement_id(raw_id: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(raw_id)
+    except ValueError:
+        raise NotFound(f"engagement {raw_id!r} not found") from None
+
+
+def engagement_summary(
+    conn: psycopg.Connection, client_id: uuid.UUID, engagement_id: uuid.UUID
+) -> m.EngagementSummary:
+    """One engagement's row as the list shows it.
+
+    Raises:
+        NotFound: no such engagement, or not one the caller may see.
+    """
+    row = conn.execute(
+        f"SELECT {_ENGAGEMENT_COLUMNS} FROM engagements WHERE id = %s AND client_id = %s",
+        (engagement_id, client_id),
+    ).fetchone()
+    if row is None:
+        raise NotFound(f"engagement {str(engagement_id)!r} not found")
+    return _engagement(row)
+
+
+def engagement_of(
+    conn: psycopg.Connection, client_id: uuid.UUID, raw_id: str
+) -> engagements.Engagement:
+    """The engagement named by a route, for a workflow step: its row with the instance id.
+
+    Raises:
+        NotFound: no such engagement, or not one the caller may see (the same answer).
+    """
+    engagement_id = _engagement_id(raw_id)
+    try:
+        found = engagements.get_in(conn, engagement_id)
+    except NotFound:
+        found = None
+    if found is None or found.client_id != client_id:
+        raise NotFound(f"engagement {raw_id!r} not found")
+    return found
+
+
 def get_engagement(conn: psycopg.Connection, client_id: uuid.UUID, raw_id: str) -> m.Engagement:
     """One engagement and what its rows record of the workflow: the documents required,
     received and still missing, whether it is invoiced, and its deliverable.
 
     Limitation: the orchestration's custom status (which review step waits) is not read
-    here; the portal has no Durable client, so the function-key endpoint shows it.
+    here; the function-key status endpoint shows it, and a review decision for another step
+    answers 409 naming the step waited for.
 
     Raises:
         NotFound: no such engagement, or not one the caller may see.
     """
     missing = NotFound(f"engagement {raw_id!r} not found")
-    try:
-        engagement_id = uuid.UUID(raw_id)
-    except ValueError:
-        raise missing from None
+    engagement_id = _engagement_id(raw_id)
     row = conn.execute(
         f"SELECT {_ENGAGEMENT_COLUMNS}, stripe_invoice_id, deliverable FROM engagements"
         " WHERE id = %s AND client_id = %s",

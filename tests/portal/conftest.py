@@ -17,10 +17,30 @@ import azure.functions as func
 import psycopg
 import pytest
 
+from tests.conftest import free_port
+from tests.portal.workflow_support import WorkflowHost
+
+
+_workflow_host: WorkflowHost | None = None
+
+
+@pytest.fixture(scope="session")
+def workflows(services: dict[str, str]) -> Iterator[WorkflowHost]:
+    """The Durable management API that `send` gives the workflow operations' client."""
+    global _workflow_host
+    host = WorkflowHost(services["DATABASE_URL"], free_port()).start()
+    _workflow_host = host
+    yield host
+    _workflow_host = None
+    host.stop()
+
 
 @pytest.fixture()
 def portal(
-    services: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    services: dict[str, str],
+    workflows: WorkflowHost,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[None]:
     """Settings for the portal: the local issuer on, its key in a fresh folder."""
     from functions import portal as api
@@ -104,10 +124,26 @@ def send(
         route_params=match.groupdict(),
         body=data,
     )
-    response = api.dispatch(request, route)
+    response = dispatch(request, route)
     found = {k.lower(): v for k, v in response.headers.items()}
     found["content-type"] = response.mimetype
     return Answer(response.status_code, found, response.get_body())
+
+
+def dispatch(request: func.HttpRequest, route: str) -> func.HttpResponse:
+    """Hand a request to the portal as the host would: workflow operations on the Durable
+    client's event loop, the others as plain calls."""
+    from functions import portal as api
+
+    workflow = any(
+        op.workflow and op.route == route and op.method == request.method.upper()
+        for op in api.OPERATIONS
+    )
+    if not workflow:
+        return api.dispatch(request, route)
+    host = _workflow_host
+    assert host is not None, "workflow operations need the workflows fixture"
+    return host.run(api.dispatch_workflow(request, route, host.client()))
 
 
 def seed_bank(client: uuid.UUID, count: int, *, start: dt.date = dt.date(2026, 1, 1)) -> list[int]:

@@ -95,6 +95,8 @@ BODIES = {
     "CategoryChange": {"account_code": "6100"},
     "DocumentReview": {"doc_class": "receipt"},
     "UploadRequest": {"file_name": "scan.pdf", "content_type": "application/pdf"},
+    "EngagementStart": {"engagement_type": "advisory_project", "period": "2027"},
+    "ReviewDecision": {"step": "advisor_review", "decision": "approve"},
 }
 
 
@@ -206,6 +208,7 @@ def test_a_client_user_is_refused_every_staff_route_of_its_own_client(
 
     from functions import portal as api
     from shared.config import get_settings
+    from shared.services import engagements
     from tests.portal.test_documents_engagements import take_in
 
     monkeypatch.setattr(
@@ -215,6 +218,9 @@ def test_a_client_user_is_refused_every_staff_route_of_its_own_client(
         "client_id": str(client_id),
         "transaction_id": str(seed_bank(client_id, 1)[0]),
         "document_id": str(take_in(client_id, "other", 12)[0]),
+        "engagement_id": str(
+            engagements.open_engagement(client_id, "advisory_project", "2026", "test").id
+        ),
     }
     user = make_user(firm, "client_user", client_id)
     database = psycopg.connect(services["DATABASE_URL"], autocommit=True)
@@ -229,6 +235,10 @@ def test_a_client_user_is_refused_every_staff_route_of_its_own_client(
             ).status
 
     assert set(refused.values()) == {403}, refused
-    assert {"GET v1/clients/{client_id}/document-reviews"} <= set(refused)
+    assert {
+        "GET v1/clients/{client_id}/document-reviews",
+        "POST v1/clients/{client_id}/engagements",
+        "POST v1/clients/{client_id}/engagements/{engagement_id}/review",
+    } <= set(refused)
     assert _client_state(database, services["AzureWebJobsStorage"], client_id) == before
     database.close()

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from functions import portal as api
-from tests.portal.conftest import make_user, seed_bank
+from tests.portal.conftest import dispatch, make_user, seed_bank
 
 ROUTES = [
     (re.compile("^/api/" + re.sub(r"{(\w+)}", r"(?P<\1>[^/]+)", r) + "$"), r)
@@ -53,7 +53,7 @@ def wsgi_app(environ: dict[str, Any], start_response: StartResponse) -> Iterable
                     route_params=match.groupdict(),
                     body=body,
                 )
-                response = api.dispatch(request, route)
+                response = dispatch(request, route)
                 break
         else:
             start_response("404 Not Found", [("Content-Type", "text/plain")])
