@@ -20,7 +20,6 @@ import pytest
 from tests.conftest import free_port
 from tests.portal.workflow_support import WorkflowHost
 
-
 _workflow_host: WorkflowHost | None = None
 
 

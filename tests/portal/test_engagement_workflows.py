@@ -111,7 +111,8 @@ def test_a_decision_while_no_review_waits_is_a_conflict_and_is_not_audited(
     assert (
         _rows(
             services,
-            "SELECT action FROM audit_log WHERE client_id = %s AND action LIKE 'engagement.review%%'",
+            "SELECT action FROM audit_log WHERE client_id = %s"
+            " AND action LIKE 'engagement.review%%'",
             client_id,
         )
         == []
