@@ -557,11 +557,6 @@ async def _start_workflow(
 # -- Dispatch ------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=1)
-def _limiter() -> identity.RateLimiter:
-    return identity.RateLimiter(get_settings().portal_rate_limit_per_min)
-
-
 def _route_int(params: dict[str, str], name: str, what: str) -> int:
     raw = params.get(name, "")
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
@@ -705,8 +700,10 @@ def _admit(req: func.HttpRequest, route: str) -> _Admitted | func.HttpResponse:
     limit = get_settings().portal_max_body_bytes
     if len(req.get_body()) > limit:
         return problem(413, "Payload too large", f"the body is over {limit} bytes")
-    principal = identity.authenticate({k.lower(): v for k, v in req.headers.items()})
-    _limiter().take(str(principal.user_id))
+    principal = identity.authenticate(
+        {k.lower(): v for k, v in req.headers.items()},
+        rate_per_min=get_settings().portal_rate_limit_per_min,
+    )
     op = next((o for o in OPERATIONS if o.route == route and o.method == req.method.upper()), None)
     if op is None:
         response = problem(

@@ -11,6 +11,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -119,10 +120,29 @@ def api_pool() -> ConnectionPool:
                 max_size=settings.db_pool_max_size,
                 timeout=settings.db_pool_timeout_s,
                 configure=_configure,
+                # Autocommit: a lone statement (`api_fetchone`) is one round trip; requests
+                # still run in explicit transactions (`scoped_transaction`).
+                kwargs={"autocommit": True},
                 open=True,
                 name="advisoros-api",
             )
         return _api_pool
+
+
+def api_fetchone(sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """Run one statement as the portal API role, committed on its own; its first row.
+
+    Raises:
+        UpstreamError: the database could not be reached (retryable).
+    """
+    try:
+        with api_pool().connection() as conn:
+            return conn.execute(sql, params).fetchone()
+    except psycopg.OperationalError as exc:
+        log.error("postgres unavailable: %s", exc, extra={"system": "postgres"})
+        raise UpstreamError(
+            "the database is unavailable", provider="postgres", retryable=True
+        ) from exc
 
 
 def close_api_pool() -> None:

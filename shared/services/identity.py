@@ -252,6 +252,35 @@ def resolve_user(user_name: str) -> Principal:
             " WHERE lower(user_name) = lower(%s)",
             (user_name,),
         ).fetchone()
+    return _principal(user_name, row)
+
+
+def sign_in(user_name: str, per_minute: int) -> Principal:
+    """`resolve_user`, and one request taken from the user's rate-limit bucket, in one
+    statement of the portal's role (``portal_sign_in``, migration 0015).
+
+    The buckets are rows in Postgres, so every instance serving the API draws on the same
+    budget: ``per_minute`` requests a minute, in bursts up to that.
+
+    Raises:
+        Forbidden: no such user, the user is deactivated, or has no role yet.
+        RateLimited: the user's bucket is empty; ``retry_after_s`` says when it is not.
+    """
+    row = postgres.api_fetchone(
+        "SELECT id, firm_id, role, client_id, active, retry_after_s"
+        " FROM portal_sign_in(%s, %s)",
+        (user_name, per_minute),
+    )
+    principal = _principal(user_name, row[:5] if row else None)
+    assert row is not None
+    if row[5] > 0:
+        raise RateLimited(
+            f"too many requests; at most {per_minute} a minute", retry_after_s=int(row[5])
+        )
+    return principal
+
+
+def _principal(user_name: str, row: tuple[Any, ...] | None) -> Principal:
     if row is None:
         raise Forbidden(f"user {user_name!r} is not provisioned for this portal")
     user_id, firm_id, role, client_id, active = row
@@ -262,24 +291,36 @@ def resolve_user(user_name: str) -> Principal:
     return Principal(user_id, firm_id, cast(Role, role), client_id, user_name)
 
 
-def authenticate(headers: Mapping[str, str]) -> Principal:
+def authenticate(
+    headers: Mapping[str, str], *, rate_per_min: int | None = None
+) -> Principal:
     """Return the principal a request's headers prove (header names in lower case).
+
+    Args:
+        headers: the request's headers.
+        rate_per_min: when given, the user's shared rate limit (see `sign_in`), taken in
+            the same statement that finds the user.
 
     Raises:
         Unauthenticated: no credential, or one that does not verify.
         Forbidden: the user is not provisioned, deactivated or without a role.
+        RateLimited: ``rate_per_min`` is given and the user has used it up.
         UpstreamError: the identity provider's keys could not be fetched.
     """
     settings = get_settings()
     authorization = headers.get("authorization", "")
     scheme, _, token = authorization.partition(" ")
+    principal = headers.get("x-ms-client-principal")
     if scheme.lower() == "bearer" and token.strip():
         provider, claims = verifier().verify(token.strip())
-        return resolve_user(username_from_claims(provider, claims))
-    principal = headers.get("x-ms-client-principal")
-    if settings.portal_app_service_auth and principal:
-        return resolve_user(username_from_app_service(principal))
-    raise Unauthenticated("a bearer token is required (Authorization: Bearer <JWT>)")
+        user_name = username_from_claims(provider, claims)
+    elif settings.portal_app_service_auth and principal:
+        user_name = username_from_app_service(principal)
+    else:
+        raise Unauthenticated("a bearer token is required (Authorization: Bearer <JWT>)")
+    if rate_per_min is None:
+        return resolve_user(user_name)
+    return sign_in(user_name, rate_per_min)
 
 
 @lru_cache(maxsize=1)
@@ -360,39 +401,3 @@ def issue_local_token(user_name: str, *, ttl_s: int = LOCAL_TOKEN_TTL_S) -> str:
     }
     kid = hashlib.sha256(public).hexdigest()[:16]
     return jwt.encode(claims, key, algorithm="RS256", headers={"kid": kid})
-
-
-# -- Per-user rate limits -----------------------------------------------------------------
-
-
-class RateLimiter:
-    """A token bucket per caller: ``per_minute`` requests a minute, in bursts up to that.
-
-    Limitation: buckets live in the worker's memory, so each worker of a scaled-out app
-    allows the full rate; a shared store (Redis) would make the limit app-wide.
-    """
-
-    def __init__(self, per_minute: int) -> None:
-        self._rate_per_s = per_minute / 60.0
-        self._capacity = float(per_minute)
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
-
-    def take(self, caller: str) -> None:
-        """Take one request from the caller's bucket.
-
-        Raises:
-            RateLimited: the bucket is empty; ``retry_after_s`` says when it is not.
-        """
-        now = time.monotonic()
-        with self._lock:
-            tokens, last = self._buckets.get(caller, (self._capacity, now))
-            tokens = min(self._capacity, tokens + (now - last) * self._rate_per_s)
-            if tokens < 1.0:
-                self._buckets[caller] = (tokens, now)
-                wait = int((1.0 - tokens) / self._rate_per_s) + 1
-                raise RateLimited(
-                    f"too many requests; at most {int(self._capacity)} a minute",
-                    retry_after_s=wait,
-                )
-            self._buckets[caller] = (tokens - 1.0, now)

@@ -42,14 +42,13 @@ def portal(
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[None]:
     """Settings for the portal: the local issuer on, its key in a fresh folder."""
-    from functions import portal as api
     from shared.config import get_settings
     from shared.services import identity
 
     monkeypatch.setenv("APP_ENVIRONMENT", "test")
     monkeypatch.setenv("PORTAL_LOCAL_ISSUER", "true")
     monkeypatch.setenv("PORTAL_LOCAL_KEY_DIR", str(tmp_path / "issuer"))
-    caches = (get_settings, identity.verifier, api._limiter)
+    caches = (get_settings, identity.verifier)
     for cache in caches:
         cache.cache_clear()
     yield

@@ -273,12 +273,10 @@ def test_sql_in_inputs_is_data(firm: uuid.UUID, client_id: uuid.UUID) -> None:
 def test_rate_limit_answers_429_with_retry_after(
     firm: uuid.UUID, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from functions import portal as api
     from shared.config import get_settings
 
     monkeypatch.setenv("PORTAL_RATE_LIMIT_PER_MIN", "3")
     get_settings.cache_clear()
-    api._limiter.cache_clear()
     advisor = make_user(firm, "advisor")
     other = make_user(firm, "advisor")
 
