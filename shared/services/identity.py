@@ -267,8 +267,7 @@ def sign_in(user_name: str, per_minute: int) -> Principal:
         RateLimited: the user's bucket is empty; ``retry_after_s`` says when it is not.
     """
     row = postgres.api_fetchone(
-        "SELECT id, firm_id, role, client_id, active, retry_after_s"
-        " FROM portal_sign_in(%s, %s)",
+        "SELECT id, firm_id, role, client_id, active, retry_after_s FROM portal_sign_in(%s, %s)",
         (user_name, per_minute),
     )
     principal = _principal(user_name, row[:5] if row else None)
@@ -291,9 +290,7 @@ def _principal(user_name: str, row: tuple[Any, ...] | None) -> Principal:
     return Principal(user_id, firm_id, cast(Role, role), client_id, user_name)
 
 
-def authenticate(
-    headers: Mapping[str, str], *, rate_per_min: int | None = None
-) -> Principal:
+def authenticate(headers: Mapping[str, str], *, rate_per_min: int | None = None) -> Principal:
     """Return the principal a request's headers prove (header names in lower case).
 
     Args:
