@@ -16,8 +16,8 @@ CREATE UNLOGGED TABLE portal_rate_buckets (
 );
 
 -- The user with this sign-in name (no row when there is none), and the seconds to wait
--- before the next request when the user's bucket is empty (0: a token was taken). Only
--- an active user with a role takes a token. SECURITY DEFINER: the API role can neither
+-- before the next request when the user's bucket is empty (0: a token was taken, or no
+-- limit was asked for: p_per_minute NULL). Only an active user with a role takes a token. SECURITY DEFINER: the API role can neither
 -- read other firms' users nor touch the buckets except through this function.
 CREATE FUNCTION portal_sign_in(p_user_name text, p_per_minute integer)
 RETURNS TABLE (id uuid, firm_id uuid, role text, client_id uuid, active boolean,
@@ -35,7 +35,7 @@ BEGIN
     IF NOT FOUND THEN
         RETURN;
     END IF;
-    IF found_user.active AND found_user.role IS NOT NULL THEN
+    IF p_per_minute IS NOT NULL AND found_user.active AND found_user.role IS NOT NULL THEN
         INSERT INTO portal_rate_buckets AS b (user_id, tokens, updated_at)
         VALUES (found_user.id, p_per_minute, now_at)
         ON CONFLICT (user_id) DO NOTHING;

@@ -38,6 +38,12 @@ LOCAL_AUDIENCE = "advisoros-portal"
 LOCAL_TOKEN_TTL_S = 8 * 3600
 JWKS_REFRESH_COOLDOWN_S = 30.0
 JWKS_TIMEOUT_S = 5.0
+# Tokens that verified, kept by their text: a portal page sends many requests with one
+# token, and checking its signature and claims again costs more than most pages' queries.
+# An entry lives at most this long (and no longer than the signing keys are cached, nor
+# past the token's exp), so a removed key or an expired token is refused as before.
+VERIFIED_TOKEN_TTL_S = 60.0
+VERIFIED_TOKENS_MAX = 10_000
 # Claims that name the user when a provider names none: Entra puts the UPN in
 # preferred_username (v2) or upn (v1), Okta the login in preferred_username or email.
 USERNAME_CLAIMS = ("preferred_username", "upn", "email")
@@ -124,6 +130,9 @@ class TokenVerifier:
         self._providers = {p.issuer: p for p in providers}
         self._algorithms = list(algorithms)
         self._leeway_s = leeway_s
+        self._verified_ttl_s = min(VERIFIED_TOKEN_TTL_S, float(cache_s))
+        self._verified: dict[str, tuple[float, IdentityProvider, dict[str, Any]]] = {}
+        self._verified_lock = threading.Lock()
         self._local_key = local_key
         self._clients = {
             p.issuer: jwt.PyJWKClient(
@@ -145,6 +154,21 @@ class TokenVerifier:
                 wrong audience, or is expired or not valid yet.
             UpstreamError: the issuer's JWKS could not be fetched (retryable).
         """
+        now = time.time()
+        with self._verified_lock:
+            known = self._verified.get(token)
+        if known is not None and now < known[0]:
+            return known[1], known[2]
+        provider, claims = self._verify(token)
+        # exp is required and checked by _verify, so it is a number here.
+        until = min(now + self._verified_ttl_s, float(claims["exp"]) + self._leeway_s)
+        with self._verified_lock:
+            if len(self._verified) >= VERIFIED_TOKENS_MAX:
+                self._verified.clear()
+            self._verified[token] = (until, provider, claims)
+        return provider, claims
+
+    def _verify(self, token: str) -> tuple[IdentityProvider, dict[str, Any]]:
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
