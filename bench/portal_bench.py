@@ -178,7 +178,7 @@ async def _configure(conn: Any) -> None:
 
 
 async def run_views(
-    base: str,
+    bases: list[str],
     tokens: list[str],
     api_url: str,
     books: Books,
@@ -204,7 +204,8 @@ async def run_views(
             async def api(n: int, user: int, make: View = make) -> None:
                 path, query, _, _, _ = make(n)
                 headers = {"Authorization": f"Bearer {tokens[user]}"}
-                async with session.get(f"{base}/{path}", params=query, headers=headers) as got:
+                url = f"{bases[user % len(bases)]}/{path}"
+                async with session.get(url, params=query, headers=headers) as got:
                     await got.read()
                     if got.status != 200:
                         raise SystemExit(f"{path} answered {got.status}")
@@ -220,6 +221,14 @@ async def run_views(
                 "baseline": await measure(options.requests, options.users, bare),
                 "api": await measure(options.requests, options.users, api),
             }
+
+        # The host's own share: its cheapest route, through the same client and connections.
+        async def live(n: int, user: int) -> None:
+            async with session.get(f"{bases[user % len(bases)]}/health/live") as got:
+                await got.read()
+
+        ceiling = await measure(options.requests, options.users, live)
+        results["host ceiling"] = {"baseline": ceiling, "api": ceiling}
 
         # The shared rate limit's cost: the sign-in statement with and without the bucket.
         async def sign_in(per_minute: int | None, user: int) -> None:
@@ -243,15 +252,18 @@ async def run_views(
 def report(results: dict[str, dict[str, dict[str, float]]], options: argparse.Namespace) -> None:
     print(
         f"portal benchmark: {options.clients} clients, {options.lines:,} journal lines,"
-        f" {options.users} concurrent users, {options.requests} requests per run"
+        f" {options.users} concurrent users, {options.requests} requests per run,"
+        f" {options.instances} app instance(s)"
     )
     print(f"{'view':<15}{'run':<10}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}{'vs bare SQL':>13}")
     for name, runs in results.items():
         base_rps = runs["baseline"]["rps"]
         for run, found in runs.items():
-            label = {"sign-in": {"baseline": "no limit", "api": "limit"}}.get(name, {}).get(
-                run, run
-            )
+            if name == "host ceiling" and run == "api":
+                continue
+            labels = {"sign-in": {"baseline": "no limit", "api": "limit"}}
+            labels["host ceiling"] = {"baseline": "live"}
+            label = labels.get(name, {}).get(run, run)
             ratio = found["rps"] / base_rps if base_rps else float("nan")
             print(
                 f"{name:<15}{label:<10}{found['p50_ms']:>10.1f}{found['p99_ms']:>10.1f}"
@@ -277,27 +289,31 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--lines", type=int, default=1_000_000)
     parser.add_argument("--users", type=int, default=50)
-    parser.add_argument("--requests", type=int, default=2_000)
+    parser.add_argument("--requests", type=int, default=1_000)
+    parser.add_argument(
+        "--instances",
+        type=int,
+        default=1,
+        help="devhost processes on the one database, as app instances (user n uses n %% N)",
+    )
     options = parser.parse_args()
 
     from devhost import services as local
 
     work = Path(tempfile.mkdtemp(prefix="advisoros-bench-portal-"))
     try:
-        storage = local.azurite_connection_string(local.free_port(), local.free_port())
         with local.start_postgres(work / "pg", port=local.free_port()) as pg:
             local.apply_migrations(pg.url, REPO / "migrations")
             env = {
                 **os.environ,
                 "DATABASE_URL": pg.url,
-                "AzureWebJobsStorage": storage,
-                "DEVHOST_DATA_DIR": str(work / "devhost"),
                 "APP_ENVIRONMENT": "test",
                 "PORTAL_LOCAL_ISSUER": "true",
                 "PORTAL_LOCAL_KEY_DIR": str(work / "issuer"),
                 # Never reached, but taken on every request as in production.
                 "PORTAL_RATE_LIMIT_PER_MIN": str(RATE_PER_MIN),
-                "DB_POOL_MAX_SIZE": str(options.users),
+                # All instances together hold as many connections as the baseline's pool.
+                "DB_POOL_MAX_SIZE": str(max(1, options.users // options.instances)),
             }
             os.environ.update(env)
             started = time.perf_counter()
@@ -307,14 +323,25 @@ def main() -> None:
             from shared.services import identity
 
             tokens = [identity.issue_local_token(name) for _, name in books.users]
-            port = local.free_port()
-            devhost = start_devhost(work, env, port)
+            hosts = []
             try:
-                base = f"http://127.0.0.1:{port}/api"
+                for n in range(options.instances):
+                    (work / f"devhost-{n}").mkdir()
+                    own = {
+                        **env,
+                        "AzureWebJobsStorage": local.azurite_connection_string(
+                            local.free_port(), local.free_port()
+                        ),
+                        "DEVHOST_DATA_DIR": str(work / f"devhost-{n}"),
+                    }
+                    port = local.free_port()
+                    hosts.append((start_devhost(work / f"devhost-{n}", own, port), port))
+                bases = [f"http://127.0.0.1:{port}/api" for _, port in hosts]
                 api_url = postgres.api_database_url()
-                results = asyncio.run(run_views(base, tokens, api_url, books, options))
+                results = asyncio.run(run_views(bases, tokens, api_url, books, options))
             finally:
-                stop_devhost(devhost)
+                for proc, _ in hosts:
+                    stop_devhost(proc)
             report(results, options)
     finally:
         shutil.rmtree(work, ignore_errors=True)

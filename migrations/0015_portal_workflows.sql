@@ -12,13 +12,16 @@ GRANT INSERT ON engagements TO advisoros_api;
 CREATE UNLOGGED TABLE portal_rate_buckets (
     user_id    uuid PRIMARY KEY,
     tokens     double precision NOT NULL,
-    updated_at timestamptz NOT NULL
+    updated_at timestamptz NOT NULL,
+    -- Whether the last request found the bucket empty (and took nothing).
+    refused    boolean NOT NULL
 );
 
 -- The user with this sign-in name (no row when there is none), and the seconds to wait
 -- before the next request when the user's bucket is empty (0: a token was taken, or no
--- limit was asked for: p_per_minute NULL). Only an active user with a role takes a token. SECURITY DEFINER: the API role can neither
--- read other firms' users nor touch the buckets except through this function.
+-- limit was asked for: p_per_minute NULL). Only an active user with a role takes a token.
+-- SECURITY DEFINER: the API role can neither read other firms' users nor touch the
+-- buckets except through this function.
 CREATE FUNCTION portal_sign_in(p_user_name text, p_per_minute integer)
 RETURNS TABLE (id uuid, firm_id uuid, role text, client_id uuid, active boolean,
                retry_after_s integer)
@@ -27,33 +30,33 @@ DECLARE
     found_user users%ROWTYPE;
     rate constant double precision := p_per_minute / 60.0;
     now_at constant timestamptz := clock_timestamp();
-    bucket record;
     level double precision;
-    wait_s integer := 0;
+    was_refused boolean := false;
 BEGIN
     SELECT * INTO found_user FROM users u WHERE lower(u.user_name) = lower(p_user_name);
     IF NOT FOUND THEN
         RETURN;
     END IF;
     IF p_per_minute IS NOT NULL AND found_user.active AND found_user.role IS NOT NULL THEN
-        INSERT INTO portal_rate_buckets AS b (user_id, tokens, updated_at)
-        VALUES (found_user.id, p_per_minute, now_at)
-        ON CONFLICT (user_id) DO NOTHING;
-        SELECT b.tokens, b.updated_at INTO bucket
-        FROM portal_rate_buckets b WHERE b.user_id = found_user.id FOR UPDATE;
-        level := least(p_per_minute::double precision,
-                       bucket.tokens
-                       + greatest(0, extract(epoch FROM now_at - bucket.updated_at)) * rate);
-        IF level >= 1 THEN
-            level := level - 1;
-        ELSE
-            wait_s := floor((1 - level) / rate)::integer + 1;
-        END IF;
-        UPDATE portal_rate_buckets SET tokens = level, updated_at = now_at
-        WHERE user_id = found_user.id;
+        -- One statement refills the bucket for the time since its last request and takes
+        -- a token when there is a whole one (every SET expression reads the old row).
+        INSERT INTO portal_rate_buckets AS b (user_id, tokens, updated_at, refused)
+        VALUES (found_user.id, p_per_minute - 1, now_at, false)
+        ON CONFLICT (user_id) DO UPDATE SET
+            refused = least(p_per_minute, b.tokens + greatest(0, extract(epoch FROM
+                          now_at - b.updated_at)) * rate) < 1,
+            tokens = least(p_per_minute, b.tokens + greatest(0, extract(epoch FROM
+                         now_at - b.updated_at)) * rate)
+                     - CASE WHEN least(p_per_minute, b.tokens + greatest(0, extract(epoch
+                                FROM now_at - b.updated_at)) * rate) >= 1
+                            THEN 1 ELSE 0 END,
+            updated_at = now_at
+        RETURNING b.tokens, b.refused INTO level, was_refused;
     END IF;
     RETURN QUERY SELECT found_user.id, found_user.firm_id, found_user.role,
-                        found_user.client_id, found_user.active, wait_s;
+                        found_user.client_id, found_user.active,
+                        CASE WHEN was_refused THEN floor((1 - level) / rate)::integer + 1
+                             ELSE 0 END;
 END
 $$;
 REVOKE ALL ON FUNCTION portal_sign_in(text, integer) FROM PUBLIC;

@@ -246,3 +246,33 @@ def test_app_service_principal_is_used_only_when_configured(
     get_settings.cache_clear()
     with pytest.raises(Forbidden, match=r"user 'x@example.test' is not provisioned"):
         identity.authenticate(headers)
+
+
+def _clock_moved(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """Move the clocks the verifier and PyJWT read (wall, monotonic) ``seconds`` ahead."""
+    import datetime as dt
+
+    from shared.services import identity
+
+    real_time, real_monotonic = time.time, time.monotonic
+
+    class Later(dt.datetime):
+        @classmethod
+        def now(cls, tz: dt.tzinfo | None = None) -> Later:  # type: ignore[override]
+            return super().now(tz) + dt.timedelta(seconds=seconds)
+
+    monkeypatch.setattr(identity.time, "time", lambda: real_time() + seconds)
+    monkeypatch.setattr(identity.time, "monotonic", lambda: real_monotonic() + seconds)
+    monkeypatch.setattr(jwt.api_jwt, "datetime", Later)
+
+
+def test_a_token_that_verified_is_refused_once_it_expires(
+    jwks: Jwks, verifier: TokenVerifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = sign(jwks, exp=int(time.time()) + 40)
+    verifier.verify(token)
+
+    _clock_moved(monkeypatch, 40 + 30 + 5)
+
+    with pytest.raises(Unauthenticated, match=r"^the token has expired$"):
+        verifier.verify(token)
