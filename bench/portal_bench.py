@@ -307,6 +307,10 @@ def main() -> None:
             env = {
                 **os.environ,
                 "DATABASE_URL": pg.url,
+                # Each instance gets an Azurite of its own below; this one is never started.
+                "AzureWebJobsStorage": local.azurite_connection_string(
+                    local.free_port(), local.free_port()
+                ),
                 "APP_ENVIRONMENT": "test",
                 "PORTAL_LOCAL_ISSUER": "true",
                 "PORTAL_LOCAL_KEY_DIR": str(work / "issuer"),
