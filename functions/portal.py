@@ -504,7 +504,8 @@ async def review_engagement(call: WorkflowCall) -> BaseModel:
     """Approve or reject the review step the engagement waits for (firm staff).
 
     A rejection says why in ``comment``. The decision is audited in the transaction that
-    sends it to the workflow; a step other than the one waited for is a conflict.
+    sends it to the workflow, once per review; a step other than the one waited for, or
+    one decided already, is a conflict.
     """
     decision: m.ReviewDecision = call.body
     with call.transaction() as conn:
@@ -524,7 +525,8 @@ async def review_engagement(call: WorkflowCall) -> BaseModel:
                 f" not {decision.step!r}"
             )
         payload = decision.model_dump(exclude={"step"})
-        engagements.record_review(conn, engagement, step, payload, _actor(call))
+        if not engagements.record_review(conn, engagement, step, event, payload, _actor(call)):
+            raise Conflict(f"review step {step!r} of engagement {engagement.id} is decided")
         # Sent before the commit: a refused send leaves no audit row of a decision that
         # was never made. The event name is the step's own, so a repeat is never taken
         # for a later step's decision.

@@ -3,6 +3,10 @@
 -- role may insert engagements (of the client the transaction names, by the policy).
 
 GRANT INSERT ON engagements TO advisoros_api;
+-- A review decision is recorded once per review: the decisions already audited for an
+-- engagement are found by this index before another is written.
+CREATE INDEX audit_log_review_decisions_idx ON audit_log (subject)
+    WHERE action LIKE 'engagement.review.%';
 
 -- The per-user rate limit of the portal, shared by every instance that serves the API: a
 -- token bucket per user (PORTAL_RATE_LIMIT_PER_MIN a minute, in bursts up to that), taken

@@ -152,18 +152,36 @@ def record_review(
     conn: psycopg.Connection,
     engagement: Engagement,
     step: str,
+    event: str,
     decision: dict[str, Any],
     actor: str,
-) -> None:
-    """Audit an advisor's review decision, in the transaction that sends it on."""
+) -> bool:
+    """Audit an advisor's decision on one review (``event``, the review's own event name),
+    once, in the transaction that sends it on.
+
+    Decisions on one engagement are serialised by a lock on its row, so of two at once the
+    second finds the first's audit row.
+
+    Returns:
+        False, recording nothing, when that review was decided already.
+    """
+    conn.execute("SELECT 1 FROM engagements WHERE id = %s FOR UPDATE", (engagement.id,))
+    decided = conn.execute(
+        "SELECT 1 FROM audit_log WHERE subject = %s AND action LIKE 'engagement.review.%%'"
+        " AND details->>'event' = %s",
+        (str(engagement.id), event),
+    ).fetchone()
+    if decided is not None:
+        return False
     audit.record(
         conn,
         actor=actor,
         action=f"engagement.review.{decision['decision']}",
         client_id=engagement.client_id,
         subject=str(engagement.id),
-        details={"step": step, **decision},
+        details={"step": step, "event": event, **decision},
     )
+    return True
 
 
 def _load(conn: psycopg.Connection, engagement_id: uuid.UUID) -> Engagement:

@@ -142,10 +142,14 @@ def test_an_advisor_runs_an_engagement_through_the_portal(host: Devhost) -> None
     _wait_step(app, engagement_id, "collecting_documents")
     _classified(app, client_id, "w2")
 
-    # Both reviews approve; a stale decision on a step already passed is a conflict.
+    # Both reviews approve; a second click on the same review, and a stale decision on a
+    # step already passed, are conflicts and are not audited.
     _wait_step(app, engagement_id, "review:preparer_review")
-    status, _ = _portal(app, advisor, review, {"step": "preparer_review", "decision": "approve"})
+    approve = {"step": "preparer_review", "decision": "approve"}
+    status, _ = _portal(app, advisor, review, approve)
     assert status == 202
+    status, twice = _portal(app, advisor, review, approve)
+    assert status == 409, twice
     _wait_step(app, engagement_id, "review:partner_review")
     status, stale = _portal(
         app, advisor, review, {"step": "preparer_review", "decision": "approve"}
