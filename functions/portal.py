@@ -87,12 +87,8 @@ class WorkflowCall:
     def transaction(self) -> Iterator[psycopg.Connection]:
         """A transaction acting for the caller, scoped to the route's client, with the same
         checks as every other operation's (another client's id is NotFound, then the role)."""
-        principal = self.principal
-        with postgres.scoped_transaction(
-            firm_id=principal.firm_id, client_id=principal.client_id, user_id=principal.user_id
-        ) as conn:
-            _enter_client(conn, principal, str(self.client_id))
-            _check_role(principal, self.staff_only, self.summary)
+        with _acting(self.principal, self.params["client_id"]) as conn:
+            _check_role(self.principal, self.staff_only, self.summary)
             yield conn
 
 
@@ -573,24 +569,27 @@ def _route_client(raw: str) -> uuid.UUID:
         raise NotFound(f"client {raw!r} not found") from None
 
 
-def _enter_client(conn: psycopg.Connection, principal: identity.Principal, raw: str) -> uuid.UUID:
-    """Check the route's client against the caller and scope the transaction to it.
+@contextmanager
+def _acting(principal: identity.Principal, raw: str | None) -> Iterator[psycopg.Connection]:
+    """The caller's transaction, narrowed to the route's client when the route names one.
 
-    Another client's id and an id that does not exist answer the same NotFound.
+    Another client's id and an id that does not exist answer the same NotFound: a client
+    user may name only its own client, and staff only their firm's clients.
     """
     missing = NotFound(f"client {raw!r} not found")
-    client_id = _route_client(raw)
-    if principal.client_id is not None and principal.client_id != client_id:
+    client_id = None if raw is None else _route_client(raw)
+    if client_id is not None and principal.client_id not in (None, client_id):
         raise missing
-    # Under the firm's policy, staff see only their own firm's clients; the one they name
-    # then becomes the transaction's client, in the same statement.
-    found = conn.execute(
-        "SELECT set_config('app.client_id', %s, true) FROM clients WHERE id = %s",
-        (str(client_id), client_id),
-    ).fetchone()
-    if found is None:
-        raise missing
-    return client_id
+    try:
+        with postgres.scoped_transaction(
+            firm_id=principal.firm_id,
+            client_id=principal.client_id,
+            user_id=principal.user_id,
+            enter_client=client_id,
+        ) as conn:
+            yield conn
+    except postgres.ClientNotVisible:
+        raise missing from None
 
 
 def _parse(model: type[BaseModel], data: object, where: str) -> Any:
@@ -729,12 +728,9 @@ def _check_role(principal: identity.Principal, staff_only: bool, summary: str) -
 
 def _serve(admitted: _Admitted) -> func.HttpResponse:
     op, principal, query, params = admitted.op, admitted.principal, admitted.query, admitted.params
-    with postgres.scoped_transaction(
-        firm_id=principal.firm_id, client_id=principal.client_id, user_id=principal.user_id
-    ) as conn:
-        client_id = None
-        if "client_id" in params:
-            client_id = _enter_client(conn, principal, params["client_id"])
+    raw = params.get("client_id")
+    with _acting(principal, raw) as conn:
+        client_id = None if raw is None else _route_client(raw)
         _check_role(principal, op.staff_only, op.summary)
         handler: Handler = op.handler  # type: ignore[assignment]
         result = handler(Call(principal, conn, client_id, query, admitted.body, params))

@@ -65,3 +65,32 @@ END
 $$;
 REVOKE ALL ON FUNCTION portal_sign_in(text, integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION portal_sign_in(text, integer) TO advisoros_api;
+
+-- A portal request's transaction in one statement: the three settings row-level security
+-- reads (see 0005), and, when the route names a client, that client as the transaction's
+-- client if the user may see it, with the same rule as the clients policy (0009): a client
+-- of the user's firm, and the user's own client for a client user. False when it may not
+-- (nothing visible is then set beyond the user's own scope).
+CREATE FUNCTION portal_enter(p_firm uuid, p_client uuid, p_user uuid, p_route_client uuid)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+BEGIN
+    PERFORM set_config('app.firm_id', p_firm::text, true),
+            set_config('app.client_id', coalesce(p_client::text, ''), true),
+            set_config('app.user_id', p_user::text, true);
+    IF p_route_client IS NULL THEN
+        RETURN true;
+    END IF;
+    IF p_client IS NOT NULL AND p_client <> p_route_client THEN
+        RETURN false;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM clients c WHERE c.id = p_route_client AND c.firm_id = p_firm)
+    THEN
+        RETURN false;
+    END IF;
+    PERFORM set_config('app.client_id', p_route_client::text, true);
+    RETURN true;
+END
+$$;
+REVOKE ALL ON FUNCTION portal_enter(uuid, uuid, uuid, uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION portal_enter(uuid, uuid, uuid, uuid) TO advisoros_api;

@@ -19,7 +19,7 @@ from psycopg_pool import ConnectionPool
 
 from shared import telemetry
 from shared.config import PORTAL_API_ROLE, get_settings
-from shared.errors import UpstreamError
+from shared.errors import NotFound, UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,10 @@ def transaction() -> Iterator[psycopg.Connection]:
 _api_pool: ConnectionPool | None = None
 
 
+class ClientNotVisible(NotFound):
+    """The client a scoped transaction was to be narrowed to is not one the user sees."""
+
+
 def api_database_url() -> str:
     """The portal API role's URL: ``PORTAL_DATABASE_URL``, else ``DATABASE_URL`` with the
     user replaced by the API role (a local server with trust auth)."""
@@ -156,24 +160,35 @@ def close_api_pool() -> None:
 
 @contextmanager
 def scoped_transaction(
-    *, firm_id: uuid.UUID, client_id: uuid.UUID | None, user_id: uuid.UUID
+    *,
+    firm_id: uuid.UUID,
+    client_id: uuid.UUID | None,
+    user_id: uuid.UUID,
+    enter_client: uuid.UUID | None = None,
 ) -> Iterator[psycopg.Connection]:
     """Yield a connection of the API role inside one transaction that acts for a user.
 
     Row-level security reads the three settings made here, so every statement of the
     transaction sees only the firm's rows, and only one client's when ``client_id`` is set.
 
+    Args:
+        firm_id: the user's firm.
+        client_id: the user's own client (client users), or None (firm staff).
+        user_id: the user.
+        enter_client: a client to narrow the transaction to, if the user may see it; made
+            by the same statement as the settings (``portal_enter``, migration 0015).
+
     Raises:
+        ClientNotVisible: ``enter_client`` does not exist or is not visible to the user.
         UpstreamError: the database could not be reached (retryable).
     """
     try:
         with api_pool().connection() as conn, conn.transaction():
-            conn.execute(
-                "SELECT set_config('app.firm_id', %s, true),"
-                " set_config('app.client_id', %s, true),"
-                " set_config('app.user_id', %s, true)",
-                (str(firm_id), str(client_id) if client_id else "", str(user_id)),
-            )
+            entered = conn.execute(
+                "SELECT portal_enter(%s, %s, %s, %s)", (firm_id, client_id, user_id, enter_client)
+            ).fetchone()
+            if entered is None or not entered[0]:
+                raise ClientNotVisible(f"client {enter_client} not found")
             yield conn
     except psycopg.OperationalError as exc:
         log.error("postgres unavailable: %s", exc, extra={"system": "postgres"})
