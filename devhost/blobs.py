@@ -588,8 +588,8 @@ class BlobPoller:
 
     # Limitation: every scan lists the whole watched container (from the literal prefix of
     # the paths); with tens of thousands of blobs a scan takes seconds and the pause between
-    # scans stretches with it (SCAN_PAUSE_FACTOR). The real host reads storage logs or Event Grid instead, and a
-    # ``source="EventGrid"`` trigger is polled here like any other.
+    # scans stretches with it (SCAN_PAUSE_FACTOR). The real host reads storage logs or Event
+    # Grid instead, and a ``source="EventGrid"`` trigger is polled here like any other.
     async def scan_once(self) -> int:
         """List each watched container once and start an invocation per due blob version.
 
