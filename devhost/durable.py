@@ -649,7 +649,8 @@ class DurableEngine:
             ``CLAIM_BATCH`` instances) and as many activity claimers (each up to
             ``CLAIM_BATCH`` activities, run in the invoker's pool).
         lease_s: seconds a claim holds before another worker may take it over.
-        poll_interval_s: seconds between looks for due work when nothing woke a worker.
+        poll_interval_s: seconds between the first worker of each kind's own looks for due
+            work (timers, lapsed claims, other hosts' work); the others wait to be woken.
     """
 
     def __init__(
