@@ -201,7 +201,8 @@ async def start_engagement(
     try:
         body = _json_body(req)
         client_id = parse_uuid(body.get("client_id"), "client_id")
-        engagement = engagements.open_engagement(
+        engagement = await asyncio.to_thread(
+            engagements.open_engagement,
             client_id,
             str(body.get("engagement_type", "")),
             str(body.get("period", "")),
@@ -227,7 +228,7 @@ async def engagement_status(
 ) -> func.HttpResponse:
     """The engagement row and its orchestration's status (step and what it waits for)."""
     try:
-        engagement = _engagement(req)
+        engagement = await _engagement(req)
     except AdvisorError as exc:
         return from_error(exc)
     status = await client.get_status(engagement.instance_id)
@@ -250,7 +251,7 @@ async def engagement_event(
     """Send the engagement an advisor's event: ``review`` with ``{"decision": "approve"}`` or
     ``{"decision": "reject", "comment": ..., "documents": [...]}``."""
     try:
-        engagement = _engagement(req)
+        engagement = await _engagement(req)
         event = req.route_params.get("event")
         if event != engagements.REVIEW_EVENT:
             raise ValidationError(f"event {event!r} cannot be sent here; send 'review'")
@@ -288,7 +289,7 @@ async def cancel_engagement(
 ) -> func.HttpResponse:
     """Stop the engagement's orchestration and mark it cancelled."""
     try:
-        engagement = _engagement(req)
+        engagement = await _engagement(req)
     except AdvisorError as exc:
         return from_error(exc)
     status = await client.get_status(engagement.instance_id)
@@ -297,7 +298,7 @@ async def cancel_engagement(
         df.OrchestrationRuntimeStatus.Pending,
     ):
         await client.terminate(engagement.instance_id, "cancelled by the firm")
-    engagements.set_status(engagement.id, "cancelled", ACTOR)
+    await asyncio.to_thread(engagements.set_status, engagement.id, "cancelled", ACTOR)
     return json_response({**engagement.to_json(), "status": "cancelled"})
 
 
@@ -311,10 +312,11 @@ async def engagement_event_relay(
     """Raise the document and payment events recorded by other capabilities, a batch at a
     time and the events of a batch concurrently, until none is left."""
     while True:
-        pending = engagements.pending_events(RELAY_BATCH)
+        pending = await asyncio.to_thread(engagements.pending_events, RELAY_BATCH)
         raised = await asyncio.gather(*(_relay(client, *one) for one in pending))
-        engagements.mark_all_relayed(
-            [one[0] for one, ok in zip(pending, raised, strict=True) if ok]
+        await asyncio.to_thread(
+            engagements.mark_all_relayed,
+            [one[0] for one, ok in zip(pending, raised, strict=True) if ok],
         )
         # A batch with a failure stops here: the next run tries those events again.
         if len(pending) < RELAY_BATCH or not all(raised):
@@ -442,7 +444,7 @@ async def start_month_end_close(
         client_id = route_uuid(req, "client_id")
         period = str(req.route_params.get("period"))
         instance_id = month_end.instance_id_for(client_id, period)
-        month_end.bank_accounts(client_id)
+        await asyncio.to_thread(month_end.bank_accounts, client_id)
     except AdvisorError as exc:
         return from_error(exc)
     existing = await client.get_status(instance_id)
@@ -465,10 +467,11 @@ def _json_body(req: func.HttpRequest) -> dict[str, Any]:
     return body
 
 
-def _engagement(req: func.HttpRequest) -> engagements.Engagement:
-    """The engagement the route names.
+async def _engagement(req: func.HttpRequest) -> engagements.Engagement:
+    """The engagement the route names, read off the event loop (as every database call of
+    these async handlers is: a blocking call there would stall every other request).
 
     Raises:
         NotFound: the id is no UUID, or no engagement has it.
     """
-    return engagements.get(route_uuid(req, "engagement_id"))
+    return await asyncio.to_thread(engagements.get, route_uuid(req, "engagement_id"))
