@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import tempfile
@@ -28,6 +29,26 @@ from devhost.settings import HostSettings
 APP_DIR = Path(__file__).resolve().parent / "durable_app"
 TARGET_ACTIVITIES_PER_S = 200.0
 TARGET_OVERHEAD_MS = 5.0
+
+
+def _postgres_cpu_s(data_dir: Path) -> float:
+    """CPU seconds the cluster in ``data_dir`` has used so far: its server process, its live
+    backends and the backends that have exited (Linux /proc; 0 elsewhere)."""
+    try:
+        postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0
+        pids = [postmaster]
+        children = Path(f"/proc/{postmaster}/task/{postmaster}/children")
+        pids += [int(p) for p in children.read_text().split()]
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                # utime, stime, and for the server also its reaped children's cutime, cstime.
+                total += sum(int(f) for f in fields[11 : 15 if pid == postmaster else 13])
+        return total / tick
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 async def _drive(host: DevHost, name: str, inputs: list[str], database_url: str) -> float:
@@ -57,7 +78,7 @@ async def _drive(host: DevHost, name: str, inputs: list[str], database_url: str)
         await asyncio.sleep(0.2)
 
 
-async def _run(args: argparse.Namespace, database_url: str) -> None:
+async def _run(args: argparse.Namespace, database_url: str, pg_dir: Path) -> None:
     app = load_app(APP_DIR, module_name="bench_durable_function_app")
     settings = HostSettings(
         http_port=0, thread_count=8, durable_workers=args.workers, durable_poll_interval_s=0.02
@@ -75,11 +96,12 @@ async def _run(args: argparse.Namespace, database_url: str) -> None:
             value = digest(value)
         direct_s = time.perf_counter() - t0
 
-        cpu0 = time.process_time()
+        cpu0, pg0 = time.process_time(), _postgres_cpu_s(pg_dir)
         chain_s = await _drive(
             host, "bench_chain", [f"i{i}" for i in range(args.instances)], database_url
         )
         chain_cpu_s = time.process_time() - cpu0
+        chain_pg_s = _postgres_cpu_s(pg_dir) - pg0
         fan_s = await _drive(host, "bench_fan", [str(args.fan)], database_url)
     finally:
         await host.stop(grace_s=5)
@@ -106,6 +128,10 @@ async def _run(args: argparse.Namespace, database_url: str) -> None:
         "(this process, all threads: the figure least moved by other load)"
     )
     print(
+        f"  PostgreSQL CPU per activity  {chain_pg_s * 1000 / activities:10.2f} ms "
+        "(the bench's own cluster, all its processes)"
+    )
+    print(
         f"fan-out: {args.fan} activities in one task_all in {fan_s:.2f} s, "
         f"{args.fan / fan_s:.1f} activities/s"
     )
@@ -120,7 +146,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="durable-bench-") as tmp:
         pg = start_postgres(Path(tmp) / "pg", free_port(), fsync=False)
         try:
-            asyncio.run(_run(args, pg.url))
+            asyncio.run(_run(args, pg.url, pg.data_dir))
         finally:
             pg.stop()
 

@@ -46,6 +46,10 @@ SPOOL_MEMORY_BYTES = 16 * 1024 * 1024
 DB_POOL_SIZE = 4
 _SCHEMA_LOCK_KEY = 0x0DE7_B10B
 _SETTING_REF = re.compile(r"%([^%]+)%")
+# The pause after a scan is at least this many times the scan's own duration: listing a
+# container of thousands of blobs is CPU work on the host's event loop (the SDK parses the
+# XML there), and HTTP, queues and orchestrations share that loop.
+SCAN_PAUSE_FACTOR = 3
 
 PENDING, RUNNING, DONE, POISON, GONE = "pending", "running", "done", "poison", "gone"
 SETTLED = frozenset({DONE, POISON, GONE})
@@ -556,6 +560,7 @@ class BlobPoller:
         """Scan every interval until ``stop`` is set; a failing scan is logged once per cause."""
         last_error = ""
         while not stop.is_set():
+            began = time.monotonic()
             try:
                 await self.scan_once()
             except Exception as exc:
@@ -569,8 +574,12 @@ class BlobPoller:
                 if last_error:
                     log.info("blob scanning works again")
                 last_error = ""
+            pause_s = max(
+                self._settings.blob_poll_interval_s,
+                SCAN_PAUSE_FACTOR * (time.monotonic() - began),
+            )
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self._settings.blob_poll_interval_s)
+                await asyncio.wait_for(stop.wait(), pause_s)
 
     async def drain(self) -> None:
         """Wait until every invocation this poller started has finished."""
@@ -578,9 +587,9 @@ class BlobPoller:
             await asyncio.gather(*list(self._inflight.values()), return_exceptions=True)
 
     # Limitation: every scan lists the whole watched container (from the literal prefix of
-    # the paths); with tens of thousands of blobs a scan takes seconds and the poll interval
-    # stretches accordingly. The real host reads storage logs or Event Grid instead, and a
-    # ``source="EventGrid"`` trigger is polled here like any other.
+    # the paths); with tens of thousands of blobs a scan takes seconds and the pause between
+    # scans stretches with it (SCAN_PAUSE_FACTOR). The real host reads storage logs or Event
+    # Grid instead, and a ``source="EventGrid"`` trigger is polled here like any other.
     async def scan_once(self) -> int:
         """List each watched container once and start an invocation per due blob version.
 

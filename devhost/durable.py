@@ -25,6 +25,7 @@ from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from devhost import sdk_timestamps
 from devhost.discovery import FunctionSpec, LoadedApp
 from devhost.invoke import Invoker, log_invocation, new_invocation_id
 
@@ -602,6 +603,41 @@ def _loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
+class _Doorbell:
+    """Wakes one idle worker per ring, so new work costs one claim rather than one per
+    worker; a ring while no worker is idle is kept for the next one to go idle."""
+
+    def __init__(self) -> None:
+        self._idle: list[asyncio.Future[None]] = []
+        self._rung = False
+
+    def ring(self) -> None:
+        while self._idle:
+            waiter = self._idle.pop(0)
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._rung = True
+
+    async def wait(self, stop: asyncio.Event, timeout_s: float | None) -> None:
+        """Return on a ring (or one kept), on ``stop``, or after ``timeout_s`` (None: never)."""
+        if self._rung:
+            self._rung = False
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._idle.append(waiter)
+        stopper: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait(
+                [waiter, stopper], timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            stopper.cancel()
+            if not waiter.done():
+                waiter.cancel()
+                self._idle.remove(waiter)
+
+
 class DurableEngine:
     """Runs the app's orchestrations and activities from the task hub until stopped.
 
@@ -613,7 +649,8 @@ class DurableEngine:
             ``CLAIM_BATCH`` instances) and as many activity claimers (each up to
             ``CLAIM_BATCH`` activities, run in the invoker's pool).
         lease_s: seconds a claim holds before another worker may take it over.
-        poll_interval_s: seconds between looks for due work when nothing woke a worker.
+        poll_interval_s: seconds between the first worker of each kind's own looks for due
+            work (timers, lapsed claims, other hosts' work); the others wait to be woken.
     """
 
     def __init__(
@@ -634,8 +671,9 @@ class DurableEngine:
         self._lease_s = lease_s
         self._poll_s = poll_interval_s
         self._owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._wake_orchestrators = asyncio.Event()
-        self._wake_activities = asyncio.Event()
+        self._orchestrator_bell = _Doorbell()
+        self._activity_bell = _Doorbell()
+        sdk_timestamps.install()
 
     @property
     def orchestrator_names(self) -> set[str]:
@@ -643,43 +681,42 @@ class DurableEngine:
 
     def wake(self) -> None:
         """Look for work now (a start or an event was just queued)."""
-        self._wake_orchestrators.set()
-        self._wake_activities.set()
+        self._orchestrator_bell.ring()
+        self._activity_bell.ring()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set."""
         loops = [
-            self._loop(stop, self._orchestrator_batch, self._wake_orchestrators)
-            for _ in range(self._workers)
+            self._loop(
+                stop, self._orchestrator_batch, self._orchestrator_bell, CLAIM_BATCH // 4, n
+            )
+            for n in range(self._workers)
         ]
         loops += [
-            self._loop(stop, self._activity_batch, self._wake_activities)
-            for _ in range(self._workers)
+            self._loop(stop, self._activity_batch, self._activity_bell, CLAIM_BATCH, n)
+            for n in range(self._workers)
         ]
         await asyncio.gather(*loops)
 
-    async def _loop(self, stop: asyncio.Event, batch: Any, wake: asyncio.Event) -> None:
+    async def _loop(
+        self, stop: asyncio.Event, batch: Any, bell: _Doorbell, limit: int, number: int
+    ) -> None:
+        # Work queued in this process rings the bell; only the first worker of each kind
+        # also looks on its own, for timers coming due, lapsed claims and other hosts'
+        # work. It rings for help when it finds a full batch, as does every worker.
+        timeout_s = self._poll_s if number == 0 else None
         while not stop.is_set():
-            # Cleared before the claim, so a wake that comes while it runs is not lost.
-            wake.clear()
             try:
-                did = await batch()
+                did = await batch(bell)
             except Exception:
                 log.exception("durable worker failed; trying again")
                 did = 0
-            if did:
-                continue
-            waiter = asyncio.ensure_future(wake.wait())
-            stopper = asyncio.ensure_future(stop.wait())
-            await asyncio.wait(
-                [waiter, stopper], timeout=self._poll_s, return_when=asyncio.FIRST_COMPLETED
-            )
-            waiter.cancel()
-            stopper.cancel()
+            if did < limit:
+                await bell.wait(stop, timeout_s)
 
     # -- activities -------------------------------------------------------------------------
 
-    async def _activity_batch(self) -> int:
+    async def _activity_batch(self, bell: _Doorbell) -> int:
         async with self.hub.pool.connection() as conn:
             cur = await conn.execute(
                 "WITH due AS MATERIALIZED (SELECT id FROM devhost.durable_activities"
@@ -695,6 +732,8 @@ class DurableEngine:
             rows = await cur.fetchall()
         if not rows:
             return 0
+        if len(rows) == CLAIM_BATCH:
+            bell.ring()
 
         # Results are recorded as they come in, each group in one statement, so a slow
         # activity holds back no other's result and a busy hub pays one round trip per group.
@@ -795,11 +834,11 @@ class DurableEngine:
                     "activity %s of %s lost its lease; its result is dropped", name, instance_id
                 )
         if settled:
-            self._wake_orchestrators.set()
+            self._orchestrator_bell.ring()
 
     # -- orchestrations ---------------------------------------------------------------------
 
-    async def _orchestrator_batch(self) -> int:
+    async def _orchestrator_batch(self, bell: _Doorbell) -> int:
         # The rows to claim are picked once, in a materialised step: as a subquery of the
         # UPDATE the planner may run the pick again for each row, each time waiting on locks.
         async with self.hub.pool.connection() as conn:
@@ -819,6 +858,8 @@ class DurableEngine:
             claimed = [str(r[0]) for r in await cur.fetchall()]
             if not claimed:
                 return 0
+            if len(claimed) == CLAIM_BATCH // 4:
+                bell.ring()
 
             # One more round trip reads every claimed instance with its history and due
             # messages. It is a statement of its own: the claim's snapshot may predate the

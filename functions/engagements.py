@@ -3,6 +3,7 @@ its HTTP endpoints, and the relay that raises document and payment events in it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -13,7 +14,7 @@ from typing import Any
 import azure.durable_functions as df
 import azure.functions as func
 
-from functions._http import from_error, json_response, problem
+from functions._http import from_error, json_response, parse_uuid, problem, route_uuid
 from shared.config import get_settings
 from shared.errors import AdvisorError, ValidationError
 from shared.services import engagements, month_end
@@ -27,6 +28,8 @@ ACTOR = "engagements"
 # Attempts of the Stripe invoice call, and the wait between them.
 INVOICE_ATTEMPTS = 5
 INVOICE_RETRY_MS = 5_000
+# Engagement events the relay reads and raises at once.
+RELAY_BATCH = 100
 
 
 @engagements_bp.orchestration_trigger(context_name="context")
@@ -197,8 +200,9 @@ async def start_engagement(
     """Open an engagement and start its orchestration; starting twice answers the same one."""
     try:
         body = _json_body(req)
-        client_id = _uuid(body.get("client_id"), "client_id")
-        engagement = engagements.open_engagement(
+        client_id = parse_uuid(body.get("client_id"), "client_id")
+        engagement = await asyncio.to_thread(
+            engagements.open_engagement,
             client_id,
             str(body.get("engagement_type", "")),
             str(body.get("period", "")),
@@ -224,7 +228,7 @@ async def engagement_status(
 ) -> func.HttpResponse:
     """The engagement row and its orchestration's status (step and what it waits for)."""
     try:
-        engagement = engagements.get(_uuid(req.route_params.get("engagement_id"), "engagement_id"))
+        engagement = await _engagement(req)
     except AdvisorError as exc:
         return from_error(exc)
     status = await client.get_status(engagement.instance_id)
@@ -247,7 +251,7 @@ async def engagement_event(
     """Send the engagement an advisor's event: ``review`` with ``{"decision": "approve"}`` or
     ``{"decision": "reject", "comment": ..., "documents": [...]}``."""
     try:
-        engagement = engagements.get(_uuid(req.route_params.get("engagement_id"), "engagement_id"))
+        engagement = await _engagement(req)
         event = req.route_params.get("event")
         if event != engagements.REVIEW_EVENT:
             raise ValidationError(f"event {event!r} cannot be sent here; send 'review'")
@@ -285,7 +289,7 @@ async def cancel_engagement(
 ) -> func.HttpResponse:
     """Stop the engagement's orchestration and mark it cancelled."""
     try:
-        engagement = engagements.get(_uuid(req.route_params.get("engagement_id"), "engagement_id"))
+        engagement = await _engagement(req)
     except AdvisorError as exc:
         return from_error(exc)
     status = await client.get_status(engagement.instance_id)
@@ -294,7 +298,7 @@ async def cancel_engagement(
         df.OrchestrationRuntimeStatus.Pending,
     ):
         await client.terminate(engagement.instance_id, "cancelled by the firm")
-    engagements.set_status(engagement.id, "cancelled", ACTOR)
+    await asyncio.to_thread(engagements.set_status, engagement.id, "cancelled", ACTOR)
     return json_response({**engagement.to_json(), "status": "cancelled"})
 
 
@@ -305,23 +309,53 @@ async def cancel_engagement(
 async def engagement_event_relay(
     timer: func.TimerRequest, client: df.DurableOrchestrationClient
 ) -> None:
-    """Raise the document and payment events recorded by other capabilities."""
-    for event_id, instance_id, name, payload in engagements.pending_events():
+    """Raise the document and payment events recorded by other capabilities, a batch at a
+    time and the events of a batch concurrently, until none is left."""
+    while True:
+        pending = await asyncio.to_thread(engagements.pending_events, RELAY_BATCH)
+        raised = await asyncio.gather(*(_relay(client, *one) for one in pending))
+        await asyncio.to_thread(
+            engagements.mark_all_relayed,
+            [one[0] for one, ok in zip(pending, raised, strict=True) if ok],
+        )
+        # A batch with a failure stops here: the next run tries those events again.
+        if len(pending) < RELAY_BATCH or not all(raised):
+            return
+
+
+async def _relay(
+    client: df.DurableOrchestrationClient,
+    event_id: int,
+    instance_id: str,
+    name: str,
+    payload: dict[str, Any],
+) -> bool:
+    """Raise one event; returns whether it is settled (raised, or dropped as undeliverable)."""
+    try:
         status = await client.get_status(instance_id)
         if status.runtime_status in (
             df.OrchestrationRuntimeStatus.Running,
             df.OrchestrationRuntimeStatus.Pending,
         ):
             await client.raise_event(instance_id, name, payload)
-        else:
-            log.warning(
-                "engagement event %s for %s dropped: the orchestration is %s",
-                event_id,
-                instance_id,
-                status.runtime_status,
-                extra={"instance_id": instance_id},
-            )
-        engagements.mark_relayed(event_id)
+            return True
+    except Exception:  # the SDK client raises bare Exception; the next run retries
+        log.warning(
+            "engagement event %s for %s not raised; the next relay run tries again",
+            event_id,
+            instance_id,
+            exc_info=True,
+            extra={"instance_id": instance_id},
+        )
+        return False
+    log.warning(
+        "engagement event %s for %s dropped: the orchestration is %s",
+        event_id,
+        instance_id,
+        status.runtime_status,
+        extra={"instance_id": instance_id},
+    )
+    return True
 
 
 @engagements_bp.orchestration_trigger(context_name="context")
@@ -407,10 +441,10 @@ async def start_month_end_close(
 ) -> func.HttpResponse:
     """Start the month-end close of a client's period; starting twice answers the same one."""
     try:
-        client_id = _uuid(req.route_params.get("client_id"), "client_id")
+        client_id = route_uuid(req, "client_id")
         period = str(req.route_params.get("period"))
         instance_id = month_end.instance_id_for(client_id, period)
-        month_end.bank_accounts(client_id)
+        await asyncio.to_thread(month_end.bank_accounts, client_id)
     except AdvisorError as exc:
         return from_error(exc)
     existing = await client.get_status(instance_id)
@@ -433,8 +467,11 @@ def _json_body(req: func.HttpRequest) -> dict[str, Any]:
     return body
 
 
-def _uuid(value: object, name: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(str(value))
-    except ValueError:
-        raise ValidationError(f"{name} must be a UUID, not {value!r}") from None
+async def _engagement(req: func.HttpRequest) -> engagements.Engagement:
+    """The engagement the route names, read off the event loop (as every database call of
+    these async handlers is: a blocking call there would stall every other request).
+
+    Raises:
+        NotFound: the id is no UUID, or no engagement has it.
+    """
+    return await asyncio.to_thread(engagements.get, route_uuid(req, "engagement_id"))

@@ -433,5 +433,16 @@ def pending_events(limit: int = 100) -> list[tuple[int, str, str, dict[str, Any]
 
 def mark_relayed(event_id: int) -> None:
     """Record that an event was raised (a repeat raise is harmless: see the orchestrator)."""
+    mark_all_relayed([event_id])
+
+
+def mark_all_relayed(event_ids: list[int]) -> None:
+    """Record that these events were raised, in one statement; see ``mark_relayed``."""
+    if not event_ids:
+        return
     with postgres.transaction() as conn:
-        conn.execute("UPDATE engagement_events SET relayed_at = now() WHERE id = %s", (event_id,))
+        conn.execute(
+            "UPDATE engagement_events SET relayed_at = now() WHERE id = ANY(%s)"
+            " AND relayed_at IS NULL",
+            (event_ids,),
+        )

@@ -355,6 +355,7 @@ def _import(
         imported, duplicates = _post_journal(conn, client, import_id)
     else:
         imported, duplicates = _post_bank(conn, client, import_id)
+        _record_balances(conn, client, import_id, parsed.balances)
 
     report: dict[str, Any] = {
         **header,
@@ -832,6 +833,35 @@ def _journal_errors(conn: psycopg.Connection, client: Client) -> list[RowError]:
             )
         )
     return errors[:LEDGER_REPORT_MAX_ERRORS]
+
+
+def _record_balances(
+    conn: psycopg.Connection, client: Client, import_id: int, balances: list[Any]
+) -> None:
+    """Keep each dated balance the file states, for the month-end reconciliation.
+
+    A balance without a date (a CSV that states none) cannot be placed in a period and is
+    only checked in the report; the first of two a file states for one day is kept.
+    """
+    for stated in balances:
+        if stated.as_of is None:
+            continue
+        conn.execute(
+            "INSERT INTO bank_statement_balances (client_id, account_id, import_id, currency,"
+            " amount_minor, as_of)"
+            " SELECT %s, a.id, %s, %s, %s, %s FROM accounts a"
+            " WHERE a.client_id = %s AND a.external_ref = %s"
+            " ON CONFLICT (import_id, account_id, currency, as_of) DO NOTHING",
+            (
+                client.id,
+                import_id,
+                stated.currency,
+                stated.amount_minor,
+                stated.as_of,
+                client.id,
+                _bank_account_key(stated.account_ref),
+            ),
+        )
 
 
 def _balance_check(

@@ -16,6 +16,8 @@ import uuid
 from datetime import date, timedelta
 from typing import Any
 
+import psycopg
+
 from shared.adapters import blob, postgres
 from shared.errors import NotFound, ValidationError
 from shared.messaging import QUICKBOOKS_SYNC_QUEUE, OutboundMessage
@@ -70,8 +72,11 @@ def check_account(client_id: uuid.UUID, account_id: int, period: str) -> dict[st
     Returns:
         ``imports_present`` (any transaction dated in the period), ``transactions``,
         ``bank_total_minor`` and ``ledger_total_minor`` per currency through the period's end
-        (they must agree: ``reconciled``), and ``uncategorised`` (transactions in the
-        period posted against an uncategorised account).
+        (they must agree: ``reconciled``), ``uncategorised`` (transactions in the period
+        posted against an uncategorised account), and the reconciliation against the bank's
+        own statements: ``statement_balances`` (see ``_statement_reconciliation``),
+        ``statement_difference_minor`` per currency, and ``statement_reconciled`` (None when
+        no import stated a balance dated in the period).
     """
     first, last = period_bounds(period)
     with postgres.transaction() as conn:
@@ -102,6 +107,7 @@ def check_account(client_id: uuid.UUID, account_id: int, period: str) -> dict[st
                 (account_id, last),
             ).fetchall()
         )
+        statements = _statement_reconciliation(conn, account_id, first, last)
     assert counts is not None
     bank_totals = {str(k): int(v) for k, v in bank.items()}
     ledger_totals = {str(k): int(v) for k, v in ledger.items()}
@@ -114,7 +120,47 @@ def check_account(client_id: uuid.UUID, account_id: int, period: str) -> dict[st
         "bank_total_minor": bank_totals,
         "ledger_total_minor": ledger_totals,
         "reconciled": bank_totals == ledger_totals,
+        "statement_balances": statements,
+        "statement_difference_minor": {
+            line["currency"]: line["difference_minor"] for line in statements
+        },
+        "statement_reconciled": (
+            all(line["difference_minor"] == 0 for line in statements) if statements else None
+        ),
     }
+
+
+def _statement_reconciliation(
+    conn: psycopg.Connection, account_id: int, first: date, last: date
+) -> list[dict[str, Any]]:
+    """Per currency, the latest balance an imported statement states for a day in the
+    period, beside the account's book balance at the end of that day.
+
+    ``difference_minor`` is stated minus books: positive when the bank holds more than the
+    books show (a deposit not imported, an opening balance never posted).
+    """
+    rows = conn.execute(
+        "SELECT DISTINCT ON (s.currency) s.currency, s.as_of, s.amount_minor, s.import_id,"
+        " (SELECT coalesce(sum(l.amount_minor), 0) FROM journal_lines l"
+        "   JOIN journal_entries e ON e.id = l.entry_id"
+        "   WHERE l.account_id = s.account_id AND l.currency = s.currency"
+        "   AND e.booked_on <= s.as_of)"
+        " FROM bank_statement_balances s"
+        " WHERE s.account_id = %s AND s.as_of BETWEEN %s AND %s"
+        " ORDER BY s.currency, s.as_of DESC, s.id DESC",
+        (account_id, first, last),
+    ).fetchall()
+    return [
+        {
+            "currency": str(currency),
+            "as_of": as_of.isoformat(),
+            "stated_minor": int(stated),
+            "books_minor": int(books),
+            "difference_minor": int(stated) - int(books),
+            "import_id": int(import_id),
+        }
+        for currency, as_of, stated, import_id, books in rows
+    ]
 
 
 def request_quickbooks_sync(client_id: uuid.UUID, period: str) -> str:
@@ -214,6 +260,19 @@ def write_report(client_id: uuid.UUID, period: str, checks: list[dict[str, Any]]
         for line in report[section]:
             writer.writerow(
                 [section, line["code"], line["name"], line["type"], line["currency"], line[key]]
+            )
+    # Each bank account's statement against its books: the difference, stated minus books.
+    for check in checks:
+        for line in check.get("statement_balances") or []:
+            writer.writerow(
+                [
+                    "bank_reconciliation",
+                    check["account_code"],
+                    f"statement balance as of {line['as_of']}",
+                    "difference",
+                    line["currency"],
+                    line["difference_minor"],
+                ]
             )
     base = f"{client_id}/{period}/close"
     blob.upload(

@@ -128,3 +128,29 @@ class TestHooks:
         assert [e[2] for e in engagements.pending_events(1000) if e[1] == opened.instance_id] == [
             "invoice_paid"
         ]
+
+
+class TestRelay:
+    def test_events_marked_relayed_together_leave_the_pending_list(self, services, client_id):
+        opened = engagements.open_engagement(client_id, "individual_tax_return", "2023", "t")
+        engagements.notify_document_classified(client_id, "r1", "w2")
+        engagements.notify_document_classified(client_id, "r2", "1099-nec")
+        mine = [e for e in engagements.pending_events(10_000) if e[1] == opened.instance_id]
+        assert [name for _, _, name, _ in mine] == [
+            "document_classified_1",
+            "document_classified_2",
+        ]
+
+        engagements.mark_all_relayed([mine[0][0]])
+        engagements.mark_all_relayed([])
+        left = [e for e in engagements.pending_events(10_000) if e[1] == opened.instance_id]
+        assert left == mine[1:]
+        engagements.mark_relayed(mine[1][0])
+        assert [e for e in engagements.pending_events(10_000) if e[1] == opened.instance_id] == []
+        with psycopg.connect(services["DATABASE_URL"]) as conn:
+            relayed = conn.execute(
+                "SELECT count(*) FROM engagement_events WHERE engagement_id = %s"
+                " AND relayed_at IS NOT NULL",
+                (opened.id,),
+            ).fetchone()
+        assert relayed == (2,)

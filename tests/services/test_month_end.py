@@ -67,3 +67,100 @@ class TestReport:
         assert report["trial_balance"] == []
         text = blob.read(month_end.CLOSE_REPORTS_CONTAINER, names[1]).decode()
         assert text.splitlines() == ["section,code,name,type,currency,amount_minor"]
+
+
+def _ofx(account: str, balance: str, *transactions: tuple[str, str, str]) -> bytes:
+    """An OFX 1.x statement for one checking account, with its LEDGERBAL on 2026-10-31."""
+    body = "".join(
+        f"<STMTTRN><TRNTYPE>DEBIT<DTPOSTED>{day}<TRNAMT>{amount}<FITID>{fitid}"
+        "<NAME>Shop</STMTTRN>\n"
+        for day, amount, fitid in transactions
+    )
+    return (
+        "OFXHEADER:100\nDATA:OFXSGML\nVERSION:102\nSECURITY:NONE\nENCODING:USASCII\n"
+        "CHARSET:1252\nCOMPRESSION:NONE\nOLDFILEUID:NONE\nNEWFILEUID:NONE\n\n"
+        "<OFX><SIGNONMSGSRSV1><SONRS><STATUS><CODE>0<SEVERITY>INFO</STATUS>"
+        "<DTSERVER>20261101<LANGUAGE>ENG</SONRS></SIGNONMSGSRSV1>\n<BANKMSGSRSV1>"
+        "<STMTTRNRS><TRNUID>1<STATUS><CODE>0<SEVERITY>INFO</STATUS>"
+        f"<STMTRS><CURDEF>USD<BANKACCTFROM><BANKID>121<ACCTID>{account}<ACCTTYPE>CHECKING"
+        "</BANKACCTFROM><BANKTRANLIST><DTSTART>20261001<DTEND>20261031\n"
+        f"{body}</BANKTRANLIST><LEDGERBAL><BALAMT>{balance}<DTASOF>20261031120000</LEDGERBAL>"
+        "</STMTRS></STMTTRNRS></BANKMSGSRSV1></OFX>\n"
+    ).encode()
+
+
+class TestStatementReconciliation:
+    def test_matching_and_mismatching_statements_report_their_difference(
+        self, services, client_id
+    ):
+        from shared.config import LEDGER_IMPORTS_CONTAINER
+        from shared.services import ledger_import
+
+        # Checking's statement agrees with what was imported; savings' statement says 25.00
+        # more than its transactions (a deposit that never reached the file).
+        files = {
+            "checking.ofx": _ofx(
+                "11112222", "-62.50", ("20261003", "-12.50", "C1"), ("20261020", "-50.00", "C2")
+            ),
+            "savings.ofx": _ofx("33334444", "125.00", ("20261015", "100.00", "S1")),
+        }
+        for name, data in files.items():
+            blob.upload(
+                LEDGER_IMPORTS_CONTAINER, f"{client_id}/{name}", data, content_type="text/plain"
+            )
+            outcome = ledger_import.import_blob(f"{client_id}/{name}")
+            assert outcome.status == "imported", outcome
+
+        checks = {
+            c["transactions"]: c
+            for c in (
+                month_end.check_account(client_id, a, "2026-10")
+                for a in month_end.bank_accounts(client_id)
+            )
+            if c["transactions"]
+        }
+        checking, savings = checks[2], checks[1]
+        assert checking["statement_balances"] == [
+            {
+                "currency": "USD",
+                "as_of": "2026-10-31",
+                "stated_minor": -6250,
+                "books_minor": -6250,
+                "difference_minor": 0,
+                "import_id": checking["statement_balances"][0]["import_id"],
+            }
+        ]
+        assert checking["statement_reconciled"] is True
+        assert checking["statement_difference_minor"] == {"USD": 0}
+        assert savings["statement_balances"][0]["stated_minor"] == 12500
+        assert savings["statement_balances"][0]["books_minor"] == 10000
+        assert savings["statement_difference_minor"] == {"USD": 2500}
+        assert savings["statement_reconciled"] is False
+
+        # The close report carries each account's difference, in JSON and in CSV.
+        names = month_end.write_report(client_id, "2026-10", [checking, savings])
+        report = json.loads(blob.read(month_end.CLOSE_REPORTS_CONTAINER, names[0]))
+        assert [a["statement_difference_minor"] for a in report["accounts"]] == [
+            {"USD": 0},
+            {"USD": 2500},
+        ]
+        rows = blob.read(month_end.CLOSE_REPORTS_CONTAINER, names[1]).decode().splitlines()
+        assert [r for r in rows if r.startswith("bank_reconciliation")] == [
+            f"bank_reconciliation,{checking['account_code']},statement balance as of 2026-10-31,"
+            "difference,USD,0",
+            f"bank_reconciliation,{savings['account_code']},statement balance as of 2026-10-31,"
+            "difference,USD,2500",
+        ]
+
+    def test_a_month_without_a_dated_statement_is_not_called_reconciled(self, services, client_id):
+        from shared.config import LEDGER_IMPORTS_CONTAINER
+        from shared.services import ledger_import
+
+        csv = "Date,Description,Amount\n2026-11-03,Coffee beans,-12.50\n"
+        name = f"{client_id}/account-checking/nov.csv"
+        blob.upload(LEDGER_IMPORTS_CONTAINER, name, csv.encode(), content_type="text/csv")
+        assert ledger_import.import_blob(name).status == "imported"
+        (account,) = month_end.bank_accounts(client_id)
+        check = month_end.check_account(client_id, account, "2026-11")
+        assert check["statement_balances"] == []
+        assert check["statement_reconciled"] is None
