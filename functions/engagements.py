@@ -200,7 +200,9 @@ async def start_engagement(
     """Open an engagement and start its orchestration; starting twice answers the same one."""
     try:
         body = _json_body(req)
-        client_id = parse_uuid(body.get("client_id"), "client_id")
+        if body.get("client_id") is None:
+            raise ValidationError("client_id is required")
+        client_id = parse_uuid(body["client_id"], "client_id")
         engagement = await asyncio.to_thread(
             engagements.open_engagement,
             client_id,

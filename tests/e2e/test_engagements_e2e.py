@@ -343,3 +343,8 @@ def test_an_engagement_that_cannot_exist_is_not_found(host: Devhost):
     )
     assert status == 404
     assert problem["detail"] == "client_id 'nobody' not found"
+    status, problem = app.call(
+        "POST", "/api/engagements", {"engagement_type": "advisory_project", "period": "Q1"}
+    )
+    assert status == 400
+    assert problem["detail"] == "client_id is required"
