@@ -21,6 +21,7 @@ from devhost.services import (
     start_postgres,
 )
 from devhost.settings import HostSettings
+from tests.durable_sdk import close_session, drop_session
 
 HERE = Path(__file__).parent
 FIXTURE_APP_DIR = HERE / "fixture_app"
@@ -52,6 +53,7 @@ class LoopThread:
     """An asyncio event loop running in a background thread."""
 
     def __init__(self) -> None:
+        drop_session()
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
@@ -60,6 +62,7 @@ class LoopThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
 
     def close(self) -> None:
+        self.run(close_session())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
         self.loop.close()

@@ -31,6 +31,7 @@ def host(tmp_path_factory: pytest.TempPathFactory, stripe_fake: FakeStripe) -> I
     root = tmp_path_factory.mktemp("portal-engagements")
     devhost = Devhost(
         root,
+        APP_ENVIRONMENT="development",
         PORTAL_LOCAL_ISSUER="true",
         PORTAL_LOCAL_KEY_DIR=str(root / "issuer"),
         STRIPE_API_KEY="sk_test_e2e",

@@ -81,7 +81,12 @@ def test_connect_then_push_through_the_queue(qbo_app: App, fake: FakeQuickBooks)
     assert sorted(e["DocNumber"] for e in entries) == sorted(f"E2E-{n}" for n in range(35))
     first = next(e for e in entries if e["DocNumber"] == "E2E-3")
     assert {Decimal(str(line["Amount"])) for line in first["Line"]} == {Decimal("10.53")}
-    status, report = qbo_app.call("GET", f"/api/clients/{client_id}/quickbooks/reconciliation")
+    # The fake holds a batch before the app records its answer, so wait for the records too.
+    while time.monotonic() < deadline:
+        status, report = qbo_app.call("GET", f"/api/clients/{client_id}/quickbooks/reconciliation")
+        if status != 200 or report["counts"] == {"JournalEntry": {"synced": 35}}:
+            break
+        time.sleep(0.3)
     assert status == 200 and report["counts"] == {"JournalEntry": {"synced": 35}}
 
 

@@ -18,6 +18,7 @@ from aiohttp import web
 from devhost.durable import TaskHub
 from devhost.durable_api import DurableApi, client_binding
 from shared.services import engagements
+from tests.durable_sdk import close_session, drop_session
 
 T = TypeVar("T")
 
@@ -43,6 +44,7 @@ class WorkflowHost:
         self._hub: TaskHub | None = None
 
     def start(self) -> WorkflowHost:
+        drop_session()
         self._thread.start()
         self.run(self._open())
         return self
@@ -61,7 +63,7 @@ class WorkflowHost:
         return df.DurableOrchestrationClient(binding)
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        """Run ``coroutine`` on the host's loop (the SDK keeps one HTTP session per loop)."""
+        """Run ``coroutine`` on the host's loop, where the SDK's HTTP session lives."""
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=60)
 
     def status(self, instance_id: str) -> dict[str, Any]:
@@ -70,6 +72,7 @@ class WorkflowHost:
 
     def stop(self) -> None:
         async def close() -> None:
+            await close_session()
             if self._runner is not None:
                 await self._runner.cleanup()
             if self._hub is not None:
