@@ -100,6 +100,8 @@ CREATE TABLE IF NOT EXISTS local_broker.sent_ids (
     sent_at     timestamptz NOT NULL,
     PRIMARY KEY (queue, message_id)
 );
+-- Each send purges the ids older than the window; without it the purge reads them all.
+CREATE INDEX IF NOT EXISTS sent_ids_age_idx ON local_broker.sent_ids (queue, sent_at);
 CREATE TABLE IF NOT EXISTS local_broker.sessions (
     queue         text NOT NULL,
     session_id    text NOT NULL,
@@ -107,6 +109,32 @@ CREATE TABLE IF NOT EXISTS local_broker.sessions (
     locked_until  timestamptz NOT NULL,
     PRIMARY KEY (queue, session_id)
 );
+"""
+
+# ``send``'s two steps for many messages in one statement: record each MessageId unless it
+# was sent within the window, and enqueue the messages whose id was recorded.
+_SEND_IN_TRANSACTION_SQL = """
+WITH m AS (
+    SELECT * FROM unnest(%(ids)s::text[], %(sessions)s::text[], %(bodies)b::bytea[],
+                         %(types)s::text[], %(subjects)s::text[], %(properties)s::jsonb[],
+                         %(scheduled)s::timestamptz[]) WITH ORDINALITY
+        AS m (message_id, session_id, body, content_type, subject, properties, scheduled, n)
+), fresh AS (
+    INSERT INTO local_broker.sent_ids AS s (queue, message_id, sent_at)
+    SELECT %(q)s, m.message_id, now() FROM m ORDER BY m.n
+    ON CONFLICT (queue, message_id) DO UPDATE SET sent_at = EXCLUDED.sent_at
+    WHERE s.sent_at < now() - make_interval(secs => %(window)s)
+    RETURNING message_id
+)
+INSERT INTO local_broker.messages (
+    queue, message_id, session_id, body, content_type, subject,
+    application_properties, scheduled_at, visible_at, expires_at)
+SELECT %(q)s, m.message_id, m.session_id, m.body, m.content_type, m.subject, m.properties,
+       m.scheduled, greatest(now(), coalesce(m.scheduled, now())),
+       greatest(now(), coalesce(m.scheduled, now())) + make_interval(secs => %(ttl)s)
+FROM m JOIN fresh USING (message_id)
+ORDER BY m.n
+RETURNING message_id
 """
 
 _MESSAGE_COLUMNS = """
@@ -211,11 +239,7 @@ class LocalBroker:
             UpstreamError: the database is unavailable (retryable).
         """
         spec = self.spec(queue)
-        for message in messages:
-            if spec.requires_session and not message.session_id:
-                raise ValidationError(
-                    f"queue {queue} requires a session id; message {message.message_id} has none"
-                )
+        _check_sessions(spec, messages)
         with self._transaction() as cur:
             cur.execute(
                 "DELETE FROM local_broker.sent_ids WHERE queue = %s"
@@ -224,12 +248,52 @@ class LocalBroker:
             )
             for message in messages:
                 if not _first_within_window(cur, spec, message.message_id):
-                    log.warning(
-                        "duplicate message dropped",
-                        extra={"queue": queue, "message_id": message.message_id},
-                    )
+                    _log_duplicate(queue, message.message_id)
                     continue
                 _insert(cur, spec, message)
+
+    def enqueues_in_transaction(self) -> bool:
+        """Always: the queues are tables of the app's database (see ``send_in_transaction``)."""
+        return True
+
+    def send_in_transaction(
+        self, conn: psycopg.Connection, queue: str, messages: Sequence[OutboundMessage]
+    ) -> None:
+        """Enqueue messages inside the caller's transaction, as ``send`` does in its own.
+
+        The messages become deliverable when the caller commits, and vanish if it rolls
+        back. ``conn`` must be a connection to this broker's database. Expired MessageIds
+        are left for ``send`` to purge: the window check ignores them anyway.
+
+        Raises:
+            NotFound: the queue does not exist.
+            ValidationError: the queue requires sessions and a message has no session id.
+            UpstreamError: the broker's schema cannot be created (database unavailable).
+        """
+        spec = self.spec(queue)
+        _check_sessions(spec, messages)
+        self._ensure_schema()
+        unique = list({m.message_id: m for m in reversed(messages)}.values())[::-1]
+        rows = conn.execute(
+            _SEND_IN_TRANSACTION_SQL,
+            {
+                "q": spec.name,
+                "window": spec.duplicate_detection_window_s,
+                "ttl": spec.default_message_ttl_s,
+                "ids": [m.message_id for m in unique],
+                "sessions": [m.session_id for m in unique],
+                "bodies": [m.body for m in unique],
+                "types": [m.content_type for m in unique],
+                "subjects": [m.subject for m in unique],
+                "properties": [json.dumps(dict(m.application_properties)) for m in unique],
+                "scheduled": [m.scheduled_enqueue_time for m in unique],
+            },
+        ).fetchall()
+        enqueued = {str(row[0]) for row in rows}
+        for message in messages:
+            if message.message_id not in enqueued:
+                _log_duplicate(queue, message.message_id)
+            enqueued.discard(message.message_id)
 
     # -- receiving and settling -----------------------------------------------------------
 
@@ -492,6 +556,18 @@ def _upsert_spec(cur: _Cursor, spec: QueueSpec) -> None:
         " ON CONFLICT (name) DO UPDATE SET spec = EXCLUDED.spec",
         (spec.name, json.dumps(dataclasses.asdict(spec))),
     )
+
+
+def _check_sessions(spec: QueueSpec, messages: Sequence[OutboundMessage]) -> None:
+    for message in messages:
+        if spec.requires_session and not message.session_id:
+            raise ValidationError(
+                f"queue {spec.name} requires a session id; message {message.message_id} has none"
+            )
+
+
+def _log_duplicate(queue: str, message_id: str) -> None:
+    log.warning("duplicate message dropped", extra={"queue": queue, "message_id": message_id})
 
 
 def _first_within_window(cur: _Cursor, spec: QueueSpec, message_id: str) -> bool:

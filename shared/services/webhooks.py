@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 
@@ -388,47 +388,107 @@ def replay(
 def _record(
     arrival: _Arrival, messages: list[tuple[str, OutboundMessage]], sender: MessageSender
 ) -> Receipt:
-    # One transaction: the event and its messages are kept together or not at all.
+    # One transaction: the event and its messages are kept together or not at all. A
+    # sender that enqueues in the same database (the local broker) takes the messages in
+    # it too, so one commit records and hands off; other senders send after the commit.
     fields = {"source": arrival.source, "event_id": arrival.event_id}
-    written: list[int] = []
+    local = _in_transaction(sender)
     with postgres.transaction() as conn:
-        inbox_id = _insert_inbox(conn, arrival)
-        if inbox_id is None:
+        recorded = _insert_inbox(conn, arrival, messages, sent=local is not None)
+        if recorded is None:
             log.warning("webhook event already recorded; nothing to do", extra=fields)
             return Receipt(arrival.source, arrival.event_id, duplicate=True)
-        for queue, message in messages:
-            row_id = outbox.add(conn, queue, message, inbox_id=inbox_id)
-            if row_id is not None:
-                written.append(row_id)
-    log.info("webhook event recorded with %d message(s)", len(written), extra=fields)
+        written, kept = recorded
+        if local is not None:
+            for queue in dict.fromkeys(queue for queue, _ in kept):
+                local.send_in_transaction(conn, queue, [m for q, m in kept if q == queue])
+    log.info("webhook event recorded with %d message(s)", len(kept), extra=fields)
+    if local is not None:
+        return Receipt(arrival.source, arrival.event_id, False, len(kept), len(kept))
 
     # Committed: the hand-off may fail now without losing anything.
     sent = _deliver_quietly(sender, written)
     return Receipt(arrival.source, arrival.event_id, False, len(written), sent)
 
 
-def _insert_inbox(conn: psycopg.Connection, arrival: _Arrival) -> int | None:
+def _in_transaction(sender: MessageSender) -> outbox.TransactionalSender | None:
+    # Duck-typed: an isinstance check against the protocol costs more than the rest of
+    # this function on every request.
+    enqueues = getattr(sender, "enqueues_in_transaction", None)
+    if enqueues is not None and enqueues():
+        return cast(outbox.TransactionalSender, sender)
+    return None
+
+
+# The inbox row and its outbox rows in one statement (one round trip): when the event is a
+# duplicate the inbox insert returns nothing, and so no outbox row is written either. A
+# message id the queue already had is neither kept nor sent again.
+_RECORD_SQL = """
+WITH event AS (
+    INSERT INTO inbox (source, event_id, event_type, livemode, raw_body, signature_header,
+                       content_type, user_agent, request_id, traceparent)
+    VALUES (%(source)s, %(event_id)s, %(event_type)s, %(livemode)s, %(body)s, %(signature)s,
+            %(content_type)s, %(user_agent)s, %(request_id)s, %(traceparent)s)
+    ON CONFLICT (source, event_id) DO NOTHING
+    RETURNING id
+), kept AS (
+    INSERT INTO outbox (queue, message_id, session_id, subject, content_type, body,
+                        properties, inbox_id, sent_at, attempts)
+    SELECT m.queue, m.message_id, m.session_id, m.subject, m.content_type, m.body,
+           m.properties, event.id, CASE WHEN %(sent)s THEN now() END,
+           CASE WHEN %(sent)s THEN 1 ELSE 0 END
+    FROM event CROSS JOIN unnest(%(queues)s::text[], %(ids)s::text[], %(sessions)s::text[],
+                                 %(subjects)s::text[], %(types)s::text[], %(bodies)b::bytea[],
+                                 %(properties)s::jsonb[]) WITH ORDINALITY
+        AS m (queue, message_id, session_id, subject, content_type, body, properties, n)
+    ORDER BY m.n
+    ON CONFLICT (queue, message_id) DO NOTHING
+    RETURNING id, queue, message_id
+)
+SELECT event.id, array(SELECT id FROM kept ORDER BY id),
+       array(SELECT queue || ' ' || message_id FROM kept ORDER BY id)
+FROM event
+"""
+
+
+def _insert_inbox(
+    conn: psycopg.Connection,
+    arrival: _Arrival,
+    messages: list[tuple[str, OutboundMessage]],
+    *,
+    sent: bool,
+) -> tuple[list[int], list[tuple[str, OutboundMessage]]] | None:
+    """Record the event and its outbox rows (``sent``: as already enqueued); None for a
+    duplicate, else the new outbox row ids and the messages they hold, in order."""
     headers = arrival.headers
     request_id = next((headers[h] for h in _REQUEST_ID_HEADERS if headers.get(h)), None)
     row = conn.execute(
-        "INSERT INTO inbox (source, event_id, event_type, livemode, raw_body, signature_header,"
-        " content_type, user_agent, request_id, traceparent)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-        " ON CONFLICT (source, event_id) DO NOTHING RETURNING id",
-        (
-            arrival.source,
-            arrival.event_id,
-            arrival.event_type,
-            arrival.livemode,
-            arrival.body,
-            arrival.signature,
-            headers.get("content-type"),
-            headers.get("user-agent"),
-            request_id,
-            arrival.traceparent,
-        ),
+        _RECORD_SQL,
+        {
+            "source": arrival.source,
+            "event_id": arrival.event_id,
+            "event_type": arrival.event_type,
+            "livemode": arrival.livemode,
+            "body": arrival.body,
+            "signature": arrival.signature,
+            "content_type": headers.get("content-type"),
+            "user_agent": headers.get("user-agent"),
+            "request_id": request_id,
+            "traceparent": arrival.traceparent,
+            "sent": sent,
+            "queues": [queue for queue, _ in messages],
+            "ids": [m.message_id for _, m in messages],
+            "sessions": [m.session_id for _, m in messages],
+            "subjects": [m.subject for _, m in messages],
+            "types": [m.content_type for _, m in messages],
+            "bodies": [m.body for _, m in messages],
+            "properties": [json.dumps(dict(m.application_properties)) for _, m in messages],
+        },
     ).fetchone()
-    return int(row[0]) if row else None
+    if row is None:
+        return None
+    by_key = {f"{queue} {m.message_id}": (queue, m) for queue, m in messages}
+    return [int(i) for i in row[1]], [by_key[key] for key in row[2]]
 
 
 def _deliver_quietly(sender: MessageSender, ids: list[int]) -> int:
