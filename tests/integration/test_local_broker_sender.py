@@ -122,8 +122,7 @@ class TestHandOffInTheRecordingTransaction:
         header = {"stripe-signature": stripe_header(body)}
 
         receipts = [
-            webhooks.accept_stripe(body, header, broker, traceparent=TRACEPARENT)
-            for _ in range(5)
+            webhooks.accept_stripe(body, header, broker, traceparent=TRACEPARENT) for _ in range(5)
         ]
 
         assert [r.duplicate for r in receipts] == [False, True, True, True, True]
@@ -163,7 +162,8 @@ class TestHandOffInTheRecordingTransaction:
             broker.send_in_transaction(conn, STRIPE_EVENTS_QUEUE, [again, other])
 
         stored = rows(
-            "SELECT message_id, body FROM local_broker.messages WHERE session_id = %s ORDER BY seq",
+            "SELECT message_id, body FROM local_broker.messages WHERE session_id = %s"
+            " ORDER BY seq",
             session,
         )
         assert [(m, bytes(b)) for m, b in stored] == [
