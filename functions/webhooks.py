@@ -11,7 +11,6 @@ from datetime import datetime
 from typing import Any, cast
 
 import azure.functions as func
-import psycopg
 
 from functions._http import from_error, json_response, problem
 from shared import telemetry
@@ -51,12 +50,8 @@ class _SenderOnFirstSend:
         enqueues = getattr(sender, "enqueues_in_transaction", None)
         return enqueues is not None and bool(enqueues())
 
-    def send_in_transaction(
-        self, conn: psycopg.Connection, queue: str, messages: Sequence[OutboundMessage]
-    ) -> None:
-        sender = cast(outbox.TransactionalSender, _sender())
-        with telemetry.producer_span(queue, len(messages)):
-            sender.send_in_transaction(conn, queue, messages)
+    def enqueue_sql(self, messages: Sequence[tuple[str, OutboundMessage]]) -> str:
+        return cast(outbox.TransactionalSender, _sender()).enqueue_sql(messages)
 
 
 @intake_bp.route(route="webhooks/stripe", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)

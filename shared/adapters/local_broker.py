@@ -111,30 +111,43 @@ CREATE TABLE IF NOT EXISTS local_broker.sessions (
 );
 """
 
-# ``send``'s two steps for many messages in one statement: record each MessageId unless it
-# was sent within the window, and enqueue the messages whose id was recorded.
-_SEND_IN_TRANSACTION_SQL = """
-WITH m AS (
-    SELECT * FROM unnest(%(ids)s::text[], %(sessions)s::text[], %(bodies)b::bytea[],
-                         %(types)s::text[], %(subjects)s::text[], %(properties)s::jsonb[],
-                         %(scheduled)s::timestamptz[]) WITH ORDINALITY
-        AS m (message_id, session_id, body, content_type, subject, properties, scheduled, n)
-), fresh AS (
+# ``send``'s two steps for many messages in one statement (see ``enqueue_sql``): record each
+# MessageId unless it was sent within its queue's window, and enqueue the messages whose id
+# was recorded, with their queue's time to live.
+_ENQUEUE_OUTGOING_SQL = """
+fresh AS (
     INSERT INTO local_broker.sent_ids AS s (queue, message_id, sent_at)
-    SELECT %(q)s, m.message_id, now() FROM m ORDER BY m.n
+    SELECT o.queue, o.message_id, now() FROM outgoing o ORDER BY o.n
     ON CONFLICT (queue, message_id) DO UPDATE SET sent_at = EXCLUDED.sent_at
-    WHERE s.sent_at < now() - make_interval(secs => %(window)s)
-    RETURNING message_id
+    WHERE s.sent_at < now() - make_interval(secs => (
+        SELECT (q.spec ->> 'duplicate_detection_window_s')::int
+        FROM local_broker.queues q WHERE q.name = s.queue))
+    RETURNING queue, message_id
+), enqueued AS (
+    INSERT INTO local_broker.messages (
+        queue, message_id, session_id, body, content_type, subject,
+        application_properties, scheduled_at, visible_at, expires_at)
+    SELECT o.queue, o.message_id, o.session_id, o.body, o.content_type, o.subject,
+           o.properties, o.scheduled, greatest(now(), coalesce(o.scheduled, now())),
+           greatest(now(), coalesce(o.scheduled, now()))
+               + make_interval(secs => (q.spec ->> 'default_message_ttl_s')::int)
+    FROM outgoing o
+    JOIN fresh f ON f.queue = o.queue AND f.message_id = o.message_id
+    JOIN local_broker.queues q ON q.name = o.queue
+    ORDER BY o.n
+    RETURNING queue, message_id
 )
-INSERT INTO local_broker.messages (
-    queue, message_id, session_id, body, content_type, subject,
-    application_properties, scheduled_at, visible_at, expires_at)
-SELECT %(q)s, m.message_id, m.session_id, m.body, m.content_type, m.subject, m.properties,
-       m.scheduled, greatest(now(), coalesce(m.scheduled, now())),
-       greatest(now(), coalesce(m.scheduled, now())) + make_interval(secs => %(ttl)s)
-FROM m JOIN fresh USING (message_id)
-ORDER BY m.n
-RETURNING message_id
+"""
+
+# ``outgoing`` for messages to one queue, passed as arrays.
+_OUTGOING_FROM_ARRAYS = """
+outgoing AS (
+    SELECT %(queue)s::text AS queue, m.*
+    FROM unnest(%(ids)s::text[], %(sessions)s::text[], %(bodies)b::bytea[], %(types)s::text[],
+                %(subjects)s::text[], %(properties)s::jsonb[], %(scheduled)s::timestamptz[])
+        WITH ORDINALITY
+        AS m (message_id, session_id, body, content_type, subject, properties, scheduled, n)
+)
 """
 
 _MESSAGE_COLUMNS = """
@@ -270,30 +283,55 @@ class LocalBroker:
             ValidationError: the queue requires sessions and a message has no session id.
             UpstreamError: the broker's schema cannot be created (database unavailable).
         """
-        spec = self.spec(queue)
-        _check_sessions(spec, messages)
-        self._ensure_schema()
-        unique = list({m.message_id: m for m in reversed(messages)}.values())[::-1]
+        unique: dict[str, OutboundMessage] = {}
+        for message in messages:
+            if message.message_id in unique:
+                _log_duplicate(queue, message.message_id)
+            else:
+                unique.setdefault(message.message_id, message)
+        kept = list(unique.values())
+        ctes = self.enqueue_sql([(queue, m) for m in kept])
         rows = conn.execute(
-            _SEND_IN_TRANSACTION_SQL,
+            f"WITH {_OUTGOING_FROM_ARRAYS}, {ctes} SELECT message_id FROM enqueued",
             {
-                "q": spec.name,
-                "window": spec.duplicate_detection_window_s,
-                "ttl": spec.default_message_ttl_s,
-                "ids": [m.message_id for m in unique],
-                "sessions": [m.session_id for m in unique],
-                "bodies": [m.body for m in unique],
-                "types": [m.content_type for m in unique],
-                "subjects": [m.subject for m in unique],
-                "properties": [json.dumps(dict(m.application_properties)) for m in unique],
-                "scheduled": [m.scheduled_enqueue_time for m in unique],
+                "queue": queue,
+                "ids": [m.message_id for m in kept],
+                "sessions": [m.session_id for m in kept],
+                "bodies": [m.body for m in kept],
+                "types": [m.content_type for m in kept],
+                "subjects": [m.subject for m in kept],
+                "properties": [json.dumps(dict(m.application_properties)) for m in kept],
+                "scheduled": [m.scheduled_enqueue_time for m in kept],
             },
         ).fetchall()
         enqueued = {str(row[0]) for row in rows}
-        for message in messages:
+        for message in kept:
             if message.message_id not in enqueued:
                 _log_duplicate(queue, message.message_id)
-            enqueued.discard(message.message_id)
+
+    def enqueue_sql(self, messages: Sequence[tuple[str, OutboundMessage]]) -> str:
+        """Common table expressions that enqueue the rows of a relation ``outgoing``, for
+        a caller that writes its own rows and enqueues them in one statement.
+
+        ``outgoing`` must be defined earlier in the same ``WITH`` and have the columns
+        queue, message_id, session_id, body, content_type, subject, properties (jsonb),
+        scheduled (timestamptz) and n (the order), one row per MessageId of a queue. The
+        CTEs are named ``fresh`` and ``enqueued``; ``enqueued`` returns the queue and
+        message_id of each message enqueued (those sent within the window are dropped).
+
+        Args:
+            messages: the queue and message of each row ``outgoing`` will hold, checked
+                here as ``send`` checks them.
+
+        Raises:
+            NotFound: a queue does not exist.
+            ValidationError: a queue requires sessions and a message has no session id.
+            UpstreamError: the broker's schema cannot be created (database unavailable).
+        """
+        for queue, message in messages:
+            _check_sessions(self.spec(queue), [message])
+        self._ensure_schema()
+        return _ENQUEUE_OUTGOING_SQL
 
     # -- receiving and settling -----------------------------------------------------------
 

@@ -59,7 +59,7 @@ FOR UPDATE
 
 
 class TransactionalSender(Protocol):
-    """A sender that can enqueue inside the caller's database transaction.
+    """A sender that can enqueue inside the caller's own statement.
 
     The local broker keeps its queues in the app's own database, so a message can join the
     transaction that caused it: it becomes visible at the commit, or never, and nothing is
@@ -67,13 +67,12 @@ class TransactionalSender(Protocol):
     """
 
     def enqueues_in_transaction(self) -> bool:
-        """True when ``send_in_transaction`` may be used."""
+        """True when ``enqueue_sql`` may be used."""
         ...
 
-    def send_in_transaction(
-        self, conn: psycopg.Connection, queue: str, messages: Sequence[OutboundMessage]
-    ) -> None:
-        """Enqueue within ``conn``'s transaction (a connection to the broker's database)."""
+    def enqueue_sql(self, messages: Sequence[tuple[str, OutboundMessage]]) -> str:
+        """CTEs that enqueue the rows of a relation ``outgoing`` (see
+        ``LocalBroker.enqueue_sql``), after checking the messages it will hold."""
         ...
 
 

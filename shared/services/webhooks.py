@@ -388,23 +388,21 @@ def replay(
 def _record(
     arrival: _Arrival, messages: list[tuple[str, OutboundMessage]], sender: MessageSender
 ) -> Receipt:
-    # One transaction: the event and its messages are kept together or not at all. A
-    # sender that enqueues in the same database (the local broker) takes the messages in
-    # it too, so one commit records and hands off; other senders send after the commit.
+    # One statement, one transaction: the event and its messages are kept together or not
+    # at all. A sender that enqueues in the same database (the local broker) takes the
+    # messages in that statement too, so one commit records and hands off; other senders
+    # get them from the outbox after the commit.
     fields = {"source": arrival.source, "event_id": arrival.event_id}
     local = _in_transaction(sender)
-    with postgres.transaction() as conn:
-        recorded = _insert_inbox(conn, arrival, messages, sent=local is not None)
-        if recorded is None:
-            log.warning("webhook event already recorded; nothing to do", extra=fields)
-            return Receipt(arrival.source, arrival.event_id, duplicate=True)
-        written, kept = recorded
-        if local is not None:
-            for queue in dict.fromkeys(queue for queue, _ in kept):
-                local.send_in_transaction(conn, queue, [m for q, m in kept if q == queue])
-    log.info("webhook event recorded with %d message(s)", len(kept), extra=fields)
+    enqueue = local.enqueue_sql(messages) if local is not None else None
+    row = postgres.single_statement(_record_sql(enqueue), _record_params(arrival, messages))
+    if row is None:
+        log.warning("webhook event already recorded; nothing to do", extra=fields)
+        return Receipt(arrival.source, arrival.event_id, duplicate=True)
+    written = [int(i) for i in row[1]]
+    log.info("webhook event recorded with %d message(s)", len(written), extra=fields)
     if local is not None:
-        return Receipt(arrival.source, arrival.event_id, False, len(kept), len(kept))
+        return Receipt(arrival.source, arrival.event_id, False, len(written), len(written))
 
     # Committed: the hand-off may fail now without losing anything.
     sent = _deliver_quietly(sender, written)
@@ -420,9 +418,10 @@ def _in_transaction(sender: MessageSender) -> outbox.TransactionalSender | None:
     return None
 
 
-# The inbox row and its outbox rows in one statement (one round trip): when the event is a
-# duplicate the inbox insert returns nothing, and so no outbox row is written either. A
-# message id the queue already had is neither kept nor sent again.
+# The inbox row and its outbox rows: when the event is a duplicate the inbox insert returns
+# nothing, and so no outbox row is written either. A message id the queue already had is
+# neither kept nor sent again. With ``{enqueue}`` the kept rows are enqueued as well, and
+# written as sent after one attempt.
 _RECORD_SQL = """
 WITH event AS (
     INSERT INTO inbox (source, event_id, event_type, livemode, raw_body, signature_header,
@@ -435,60 +434,57 @@ WITH event AS (
     INSERT INTO outbox (queue, message_id, session_id, subject, content_type, body,
                         properties, inbox_id, sent_at, attempts)
     SELECT m.queue, m.message_id, m.session_id, m.subject, m.content_type, m.body,
-           m.properties, event.id, CASE WHEN %(sent)s THEN now() END,
-           CASE WHEN %(sent)s THEN 1 ELSE 0 END
+           m.properties, event.id, {sent_at}, {attempts}
     FROM event CROSS JOIN unnest(%(queues)s::text[], %(ids)s::text[], %(sessions)s::text[],
                                  %(subjects)s::text[], %(types)s::text[], %(bodies)b::bytea[],
                                  %(properties)s::jsonb[]) WITH ORDINALITY
         AS m (queue, message_id, session_id, subject, content_type, body, properties, n)
     ORDER BY m.n
     ON CONFLICT (queue, message_id) DO NOTHING
-    RETURNING id, queue, message_id
-)
-SELECT event.id, array(SELECT id FROM kept ORDER BY id),
-       array(SELECT queue || ' ' || message_id FROM kept ORDER BY id)
-FROM event
+    RETURNING id, queue, message_id, session_id, subject, content_type, body, properties
+){enqueue}
+SELECT event.id, array(SELECT id FROM kept ORDER BY id) FROM event
 """
 
+_OUTGOING_FROM_KEPT = """, outgoing AS (
+    SELECT queue, message_id, session_id, body, content_type, subject, properties,
+           NULL::timestamptz AS scheduled, id AS n
+    FROM kept
+), """
 
-def _insert_inbox(
-    conn: psycopg.Connection,
-    arrival: _Arrival,
-    messages: list[tuple[str, OutboundMessage]],
-    *,
-    sent: bool,
-) -> tuple[list[int], list[tuple[str, OutboundMessage]]] | None:
-    """Record the event and its outbox rows (``sent``: as already enqueued); None for a
-    duplicate, else the new outbox row ids and the messages they hold, in order."""
+
+def _record_sql(enqueue: str | None) -> str:
+    if enqueue is None:
+        return _RECORD_SQL.format(sent_at="NULL", attempts="0", enqueue="")
+    return _RECORD_SQL.format(
+        sent_at="now()", attempts="1", enqueue=_OUTGOING_FROM_KEPT + enqueue.strip()
+    )
+
+
+def _record_params(
+    arrival: _Arrival, messages: list[tuple[str, OutboundMessage]]
+) -> dict[str, Any]:
     headers = arrival.headers
     request_id = next((headers[h] for h in _REQUEST_ID_HEADERS if headers.get(h)), None)
-    row = conn.execute(
-        _RECORD_SQL,
-        {
-            "source": arrival.source,
-            "event_id": arrival.event_id,
-            "event_type": arrival.event_type,
-            "livemode": arrival.livemode,
-            "body": arrival.body,
-            "signature": arrival.signature,
-            "content_type": headers.get("content-type"),
-            "user_agent": headers.get("user-agent"),
-            "request_id": request_id,
-            "traceparent": arrival.traceparent,
-            "sent": sent,
-            "queues": [queue for queue, _ in messages],
-            "ids": [m.message_id for _, m in messages],
-            "sessions": [m.session_id for _, m in messages],
-            "subjects": [m.subject for _, m in messages],
-            "types": [m.content_type for _, m in messages],
-            "bodies": [m.body for _, m in messages],
-            "properties": [json.dumps(dict(m.application_properties)) for _, m in messages],
-        },
-    ).fetchone()
-    if row is None:
-        return None
-    by_key = {f"{queue} {m.message_id}": (queue, m) for queue, m in messages}
-    return [int(i) for i in row[1]], [by_key[key] for key in row[2]]
+    return {
+        "source": arrival.source,
+        "event_id": arrival.event_id,
+        "event_type": arrival.event_type,
+        "livemode": arrival.livemode,
+        "body": arrival.body,
+        "signature": arrival.signature,
+        "content_type": headers.get("content-type"),
+        "user_agent": headers.get("user-agent"),
+        "request_id": request_id,
+        "traceparent": arrival.traceparent,
+        "queues": [queue for queue, _ in messages],
+        "ids": [m.message_id for _, m in messages],
+        "sessions": [m.session_id for _, m in messages],
+        "subjects": [m.subject for _, m in messages],
+        "types": [m.content_type for _, m in messages],
+        "bodies": [m.body for _, m in messages],
+        "properties": [json.dumps(dict(m.application_properties)) for _, m in messages],
+    }
 
 
 def _deliver_quietly(sender: MessageSender, ids: list[int]) -> int:

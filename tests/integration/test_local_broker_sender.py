@@ -7,6 +7,7 @@ import json
 import uuid
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 
 from shared.adapters import postgres, servicebus
@@ -133,12 +134,15 @@ class TestHandOffInTheRecordingTransaction:
         body = stripe_event(customer=f"cus_{uuid.uuid4().hex[:8]}")
         event_id = json.loads(body)["id"]
 
-        def fail_after_enqueue(conn, queue, messages):
-            LocalBroker.send_in_transaction(broker, conn, queue, messages)
-            raise RuntimeError("the request died after the enqueue")
+        def fail_after_enqueue(messages):
+            # A later write of the same statement breaks a constraint of the outbox.
+            return LocalBroker.enqueue_sql(broker, messages) + (
+                ", broken AS (INSERT INTO outbox (queue, message_id, body)"
+                " VALUES (' ', 'broken', ''))"
+            )
 
-        monkeypatch.setattr(broker, "send_in_transaction", fail_after_enqueue)
-        with pytest.raises(RuntimeError, match="the request died after the enqueue"):
+        monkeypatch.setattr(broker, "enqueue_sql", fail_after_enqueue)
+        with pytest.raises(psycopg.errors.CheckViolation):
             webhooks.accept_stripe(
                 body, {"stripe-signature": stripe_header(body)}, broker, traceparent=TRACEPARENT
             )
