@@ -843,9 +843,10 @@ def _lock_next(
     return row
 
 
-# Limitation: a session is locked for one message at a time, not held by one receiver
-# until it is idle as Service Bus does: between two messages another consumer may take the
-# session over. Order and one-consumer-at-a-time still hold; only the affinity differs.
+# Limitation: ``receive`` locks a session for one message, and ``receive_session_batches``
+# for one run of messages, not until the session is idle as a Service Bus session receiver
+# holds it: between two messages (or runs) another consumer may take the session over.
+# Order and one-consumer-at-a-time still hold; only the affinity differs.
 def _receive_from_session(
     cur: _Cursor, spec: QueueSpec, token: str, only: str | None
 ) -> dict[str, Any] | None:
