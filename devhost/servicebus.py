@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -29,7 +29,7 @@ from devhost.discovery import FunctionSpec
 from devhost.errors import ConfigError
 from devhost.invoke import Invoker, log_invocation, new_invocation_id
 from devhost.settings import BUS_RETRY_BACKOFF_MAX_S, HostSettings
-from shared.adapters.local_broker import LocalBroker, ReceivedMessage
+from shared.adapters.local_broker import LocalBroker, ReceivedMessage, SessionBatch
 from shared.messaging import QUEUES, QueueSpec
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 DEFAULT_CONNECTION = "AzureWebJobsServiceBus"
 NAMESPACE_SUFFIX = "__fullyQualifiedNamespace"
 DB_POOL_SIZE = 8
+# Messages of one session that a receive from the local broker locks together, as a Service
+# Bus session receiver keeps its session between messages: one receive, one settlement
+# transaction and one lock renewal then serve the whole run instead of each message.
+LOCAL_SESSION_BATCH = 32
 
 
 @dataclass(frozen=True)
@@ -176,6 +180,25 @@ class LocalSource:
         got = await asyncio.to_thread(self._broker.receive, self._queue.name)
         return _LocalDelivery(self._broker, got) if got else None
 
+    async def receive_batches(self, max_sessions: int, max_count: int) -> list[SessionBatch]:
+        """Up to ``max_sessions`` free sessions' next messages, locked with their sessions."""
+        return await asyncio.to_thread(
+            self._broker.receive_session_batches, self._queue.name, max_sessions, max_count
+        )
+
+    async def renew_batch(self, batch: SessionBatch) -> bool:
+        """Extend the batch's locks; False when the session lock was lost."""
+        return await asyncio.to_thread(self._broker.renew_session_batch, batch) is not None
+
+    async def settle_batch(
+        self, batch: SessionBatch, completed: list[str], failed: tuple[str, str, float] | None
+    ) -> dict[str, str]:
+        """Complete, abandon and release the batch's messages in one transaction."""
+        outcome = await asyncio.to_thread(
+            lambda: self._broker.settle_session_batch(batch, completed, failed=failed)
+        )
+        return dict(outcome)
+
     async def close(self) -> None:
         """Nothing to close: the broker belongs to the dispatcher."""
 
@@ -272,7 +295,10 @@ class BusDispatcher:
         while not stop.is_set():
             await slots.acquire()
             try:
-                delivery = await source.receive()
+                if isinstance(source, LocalSource) and watch.queue.requires_session:
+                    received = await self._receive_sessions(watch, source, slots)
+                else:
+                    received = await self._receive_one(watch, source)
             except Exception as exc:  # noqa: BLE001 - a broker outage must not stop the host
                 slots.release()
                 if str(exc) != last_error:
@@ -281,14 +307,43 @@ class BusDispatcher:
                 await _pause(stop, settings.bus_poll_interval_s)
                 continue
             last_error = ""
-            if delivery is None:
+            if not received:
                 slots.release()
                 await _pause(stop, settings.bus_poll_interval_s)
                 continue
-            task = asyncio.create_task(self._process(watch, delivery))
-            self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
-            task.add_done_callback(lambda _t: slots.release())
+            # The slot acquired above, and any more taken for further sessions, each go
+            # back when their job ends.
+            for job in received:
+                task = asyncio.create_task(job)
+                self._inflight.add(task)
+                task.add_done_callback(self._inflight.discard)
+                task.add_done_callback(lambda _t: slots.release())
+
+    async def _receive_one(
+        self, watch: BusWatch, source: Source
+    ) -> list[Coroutine[Any, Any, None]]:
+        delivery = await source.receive()
+        return [self._process(watch, delivery)] if delivery is not None else []
+
+    async def _receive_sessions(
+        self, watch: BusWatch, source: LocalSource, slots: asyncio.Semaphore
+    ) -> list[Coroutine[Any, Any, None]]:
+        # One search for free sessions fills every free slot: the search is what a receive
+        # from the local broker costs, not the number of messages it locks.
+        taken = 1
+        while not slots.locked():
+            await slots.acquire()
+            taken += 1
+        try:
+            batches = await source.receive_batches(taken, LOCAL_SESSION_BATCH)
+        except BaseException:
+            for _ in range(taken - 1):
+                slots.release()
+            raise
+        # Keep one slot per batch (the caller releases the first when there is none).
+        for _ in range(taken - max(len(batches), 1)):
+            slots.release()
+        return [self._process_batch(watch, source, batch) for batch in batches]
 
     async def _process(self, watch: BusWatch, delivery: Delivery) -> None:
         message = delivery.message
@@ -329,6 +384,70 @@ class BusDispatcher:
             keeper.cancel()
             fields["settled"] = await delivery.complete()
             log_invocation(watch.spec, invocation_id, started, "ok", **fields)
+
+    async def _process_batch(
+        self, watch: BusWatch, source: LocalSource, batch: SessionBatch
+    ) -> None:
+        # The session's messages run one after another, in order; the first failure ends
+        # the batch, and the messages behind it go back untried.
+        keeper = asyncio.create_task(self._keep_batch_lock(watch, source, batch))
+        ran: list[tuple[ReceivedMessage, str, float]] = []
+        completed: list[str] = []
+        failed: tuple[str, str, float] | None = None
+        error: Exception | None = None
+        try:
+            for message in batch.messages:
+                invocation_id = new_invocation_id()
+                ran.append((message, invocation_id, time.monotonic()))
+                try:
+                    await self._invoker.call(
+                        watch.spec,
+                        functions_message(message),
+                        invocation_id=invocation_id,
+                        retry_count=message.delivery_count - 1,
+                        max_retry_count=watch.queue.max_delivery_count - 1,
+                    )
+                except asyncio.CancelledError:
+                    # The host is stopping: give the message back for the next start.
+                    failed = (message.lock_token, "the host stopped", 0.0)
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the app's failure settles it
+                    reason = f"{type(exc).__name__}: {exc}"
+                    failed = (message.lock_token, reason, self._backoff(message.delivery_count))
+                    error = exc
+                    break
+                completed.append(message.lock_token)
+        finally:
+            keeper.cancel()
+            settled = await asyncio.shield(source.settle_batch(batch, completed, failed))
+        for message, invocation_id, started in ran:
+            fields: dict[str, Any] = {
+                "queue": watch.queue.name,
+                "message_id": message.message_id,
+                "delivery_count": message.delivery_count,
+                "session_id": message.session_id,
+                "settled": settled.get(message.lock_token, "lost"),
+            }
+            if error is not None and failed is not None and failed[0] == message.lock_token:
+                log_invocation(watch.spec, invocation_id, started, "failed", failed=True, **fields)
+                self._report_failure(watch, message, fields["settled"], error)
+            else:
+                log_invocation(watch.spec, invocation_id, started, "ok", **fields)
+
+    async def _keep_batch_lock(
+        self, watch: BusWatch, source: LocalSource, batch: SessionBatch
+    ) -> None:
+        """Renew a batch's locks at half their duration until cancelled or the time is up."""
+        interval = watch.queue.lock_duration_s / 2
+        until = time.monotonic() + self._settings.bus_max_lock_renewal_s
+        while time.monotonic() + interval < until:
+            await asyncio.sleep(interval)
+            try:
+                if not await source.renew_batch(batch):
+                    log.warning("lost the lock on session %s", batch.session_id)
+                    return
+            except Exception as exc:  # noqa: BLE001 - the next renewal may work
+                log.warning("renewing the lock failed: %s", exc)
 
     def _report_failure(
         self, watch: BusWatch, message: ReceivedMessage, settled: str, exc: Exception

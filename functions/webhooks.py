@@ -8,7 +8,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import azure.functions as func
 
@@ -40,6 +40,18 @@ class _SenderOnFirstSend:
     def send(self, queue: str, messages: Sequence[OutboundMessage]) -> None:
         with telemetry.producer_span(queue, len(messages)):
             _sender().send(queue, messages)
+
+    def enqueues_in_transaction(self) -> bool:
+        """True with the local broker, whose queues live in the app's database."""
+        try:
+            sender = _sender()
+        except Exception:  # noqa: BLE001 - then the outbox path's hand-off reports it
+            return False
+        enqueues = getattr(sender, "enqueues_in_transaction", None)
+        return enqueues is not None and bool(enqueues())
+
+    def enqueue_sql(self, messages: Sequence[tuple[str, OutboundMessage]]) -> str:
+        return cast(outbox.TransactionalSender, _sender()).enqueue_sql(messages)
 
 
 @intake_bp.route(route="webhooks/stripe", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)

@@ -100,6 +100,8 @@ CREATE TABLE IF NOT EXISTS local_broker.sent_ids (
     sent_at     timestamptz NOT NULL,
     PRIMARY KEY (queue, message_id)
 );
+-- Each send purges the ids older than the window; without it the purge reads them all.
+CREATE INDEX IF NOT EXISTS sent_ids_age_idx ON local_broker.sent_ids (queue, sent_at);
 CREATE TABLE IF NOT EXISTS local_broker.sessions (
     queue         text NOT NULL,
     session_id    text NOT NULL,
@@ -107,6 +109,45 @@ CREATE TABLE IF NOT EXISTS local_broker.sessions (
     locked_until  timestamptz NOT NULL,
     PRIMARY KEY (queue, session_id)
 );
+"""
+
+# ``send``'s two steps for many messages in one statement (see ``enqueue_sql``): record each
+# MessageId unless it was sent within its queue's window, and enqueue the messages whose id
+# was recorded, with their queue's time to live.
+_ENQUEUE_OUTGOING_SQL = """
+fresh AS (
+    INSERT INTO local_broker.sent_ids AS s (queue, message_id, sent_at)
+    SELECT o.queue, o.message_id, now() FROM outgoing o ORDER BY o.n
+    ON CONFLICT (queue, message_id) DO UPDATE SET sent_at = EXCLUDED.sent_at
+    WHERE s.sent_at < now() - make_interval(secs => (
+        SELECT (q.spec ->> 'duplicate_detection_window_s')::int
+        FROM local_broker.queues q WHERE q.name = s.queue))
+    RETURNING queue, message_id
+), enqueued AS (
+    INSERT INTO local_broker.messages (
+        queue, message_id, session_id, body, content_type, subject,
+        application_properties, scheduled_at, visible_at, expires_at)
+    SELECT o.queue, o.message_id, o.session_id, o.body, o.content_type, o.subject,
+           o.properties, o.scheduled, greatest(now(), coalesce(o.scheduled, now())),
+           greatest(now(), coalesce(o.scheduled, now()))
+               + make_interval(secs => (q.spec ->> 'default_message_ttl_s')::int)
+    FROM outgoing o
+    JOIN fresh f ON f.queue = o.queue AND f.message_id = o.message_id
+    JOIN local_broker.queues q ON q.name = o.queue
+    ORDER BY o.n
+    RETURNING queue, message_id
+)
+"""
+
+# ``outgoing`` for messages to one queue, passed as arrays.
+_OUTGOING_FROM_ARRAYS = """
+outgoing AS (
+    SELECT %(queue)s::text AS queue, m.*
+    FROM unnest(%(ids)s::text[], %(sessions)s::text[], %(bodies)b::bytea[], %(types)s::text[],
+                %(subjects)s::text[], %(properties)s::jsonb[], %(scheduled)s::timestamptz[])
+        WITH ORDINALITY
+        AS m (message_id, session_id, body, content_type, subject, properties, scheduled, n)
+)
 """
 
 _MESSAGE_COLUMNS = """
@@ -138,6 +179,17 @@ class ReceivedMessage:
     delivery_count: int
     lock_token: str
     locked_until: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SessionBatch:
+    """Messages of one session received together; the session is locked with
+    ``lock_token`` until the batch is settled (each message has its own token as well)."""
+
+    queue: str
+    session_id: str
+    lock_token: str
+    messages: list[ReceivedMessage]
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,11 +263,7 @@ class LocalBroker:
             UpstreamError: the database is unavailable (retryable).
         """
         spec = self.spec(queue)
-        for message in messages:
-            if spec.requires_session and not message.session_id:
-                raise ValidationError(
-                    f"queue {queue} requires a session id; message {message.message_id} has none"
-                )
+        _check_sessions(spec, messages)
         with self._transaction() as cur:
             cur.execute(
                 "DELETE FROM local_broker.sent_ids WHERE queue = %s"
@@ -224,12 +272,77 @@ class LocalBroker:
             )
             for message in messages:
                 if not _first_within_window(cur, spec, message.message_id):
-                    log.warning(
-                        "duplicate message dropped",
-                        extra={"queue": queue, "message_id": message.message_id},
-                    )
+                    _log_duplicate(queue, message.message_id)
                     continue
                 _insert(cur, spec, message)
+
+    def enqueues_in_transaction(self) -> bool:
+        """Always: the queues are tables of the app's database (see ``send_in_transaction``)."""
+        return True
+
+    def send_in_transaction(
+        self, conn: psycopg.Connection, queue: str, messages: Sequence[OutboundMessage]
+    ) -> None:
+        """Enqueue messages inside the caller's transaction, as ``send`` does in its own.
+
+        The messages become deliverable when the caller commits, and vanish if it rolls
+        back. ``conn`` must be a connection to this broker's database. Expired MessageIds
+        are left for ``send`` to purge: the window check ignores them anyway.
+
+        Raises:
+            NotFound: the queue does not exist.
+            ValidationError: the queue requires sessions and a message has no session id.
+            UpstreamError: the broker's schema cannot be created (database unavailable).
+        """
+        unique: dict[str, OutboundMessage] = {}
+        for message in messages:
+            if message.message_id in unique:
+                _log_duplicate(queue, message.message_id)
+            else:
+                unique.setdefault(message.message_id, message)
+        kept = list(unique.values())
+        ctes = self.enqueue_sql([(queue, m) for m in kept])
+        rows = conn.execute(
+            f"WITH {_OUTGOING_FROM_ARRAYS}, {ctes} SELECT message_id FROM enqueued",
+            {
+                "queue": queue,
+                "ids": [m.message_id for m in kept],
+                "sessions": [m.session_id for m in kept],
+                "bodies": [m.body for m in kept],
+                "types": [m.content_type for m in kept],
+                "subjects": [m.subject for m in kept],
+                "properties": [json.dumps(dict(m.application_properties)) for m in kept],
+                "scheduled": [m.scheduled_enqueue_time for m in kept],
+            },
+        ).fetchall()
+        enqueued = {str(row[0]) for row in rows}
+        for message in kept:
+            if message.message_id not in enqueued:
+                _log_duplicate(queue, message.message_id)
+
+    def enqueue_sql(self, messages: Sequence[tuple[str, OutboundMessage]]) -> str:
+        """Common table expressions that enqueue the rows of a relation ``outgoing``, for
+        a caller that writes its own rows and enqueues them in one statement.
+
+        ``outgoing`` must be defined earlier in the same ``WITH`` and have the columns
+        queue, message_id, session_id, body, content_type, subject, properties (jsonb),
+        scheduled (timestamptz) and n (the order), one row per MessageId of a queue. The
+        CTEs are named ``fresh`` and ``enqueued``; ``enqueued`` returns the queue and
+        message_id of each message enqueued (those sent within the window are dropped).
+
+        Args:
+            messages: the queue and message of each row ``outgoing`` will hold, checked
+                here as ``send`` checks them.
+
+        Raises:
+            NotFound: a queue does not exist.
+            ValidationError: a queue requires sessions and a message has no session id.
+            UpstreamError: the broker's schema cannot be created (database unavailable).
+        """
+        for queue, message in messages:
+            _check_sessions(self.spec(queue), [message])
+        self._ensure_schema()
+        return _ENQUEUE_OUTGOING_SQL
 
     # -- receiving and settling -----------------------------------------------------------
 
@@ -255,6 +368,127 @@ class LocalBroker:
             else:
                 row = _lock_next(cur, spec, token, session_id=None)
         return _received(row) if row else None
+
+    def receive_session_batches(
+        self, queue: str, max_sessions: int, max_count: int, *, session_id: str | None = None
+    ) -> list[SessionBatch]:
+        """Lock up to ``max_sessions`` free sessions, each with up to ``max_count`` of its
+        deliverable messages in order.
+
+        As ``receive`` on a session queue, but each session stays locked for its whole batch
+        (as a Service Bus session receiver holds it), and one search for free sessions serves
+        several: the search is what a receive costs. A batch runs from its session's head
+        and stops before the first message that waits out a retry delay. Settle each batch
+        with ``settle_session_batch``.
+
+        Raises:
+            NotFound: the queue does not exist.
+            ValidationError: the queue does not use sessions.
+            UpstreamError: the database is unavailable (retryable).
+        """
+        spec = self.spec(queue)
+        if not spec.requires_session:
+            raise ValidationError(f"queue {queue} does not use sessions")
+        batches: list[SessionBatch] = []
+        with self._transaction() as cur:
+            _dead_letter_exhausted(cur, spec)
+            _expire(cur, spec)
+            for candidate in _free_sessions(cur, spec, session_id):
+                if len(batches) >= max_sessions:
+                    break
+                token = str(uuid.uuid4())
+                rows = _lock_session_run(cur, spec, candidate, token, max_count)
+                if rows:
+                    received = [_received(r) for r in rows]
+                    batches.append(SessionBatch(queue, candidate, token, received))
+        return batches
+
+    def renew_session_batch(self, batch: SessionBatch) -> datetime | None:
+        """Extend the locks of a batch's messages still held, and of its session.
+
+        Returns:
+            The new expiry, or None when the session lock was already lost.
+        """
+        spec = self.spec(batch.queue)
+        with self._transaction() as cur:
+            row = cur.execute(
+                """
+                UPDATE local_broker.sessions
+                SET locked_until = now() + make_interval(secs => %(lock)s)
+                WHERE queue = %(q)s AND session_id = %(s)s AND lock_token = %(t)s
+                  AND locked_until >= now()
+                RETURNING locked_until
+                """,
+                {
+                    "q": batch.queue,
+                    "s": batch.session_id,
+                    "t": batch.lock_token,
+                    "lock": spec.lock_duration_s,
+                },
+            ).fetchone()
+            if row is None:
+                return None
+            cur.execute(
+                "UPDATE local_broker.messages SET locked_until = %s"
+                " WHERE queue = %s AND lock_token = ANY(%s) AND locked_until >= now()",
+                (row["locked_until"], batch.queue, [m.lock_token for m in batch.messages]),
+            )
+        until: datetime = row["locked_until"]
+        return until
+
+    def settle_session_batch(
+        self,
+        batch: SessionBatch,
+        completed: Sequence[str],
+        *,
+        failed: tuple[str, str, float] | None = None,
+    ) -> dict[str, Settlement]:
+        """Settle a batch in one transaction and release its session.
+
+        Args:
+            batch: what ``receive_session_batch`` returned.
+            completed: lock tokens of the messages handled; they are removed.
+            failed: ``(lock_token, error, redeliver_after_s)`` of the message whose attempt
+                failed; it is abandoned as ``abandon`` does (dead-lettered at the maximum
+                delivery count).
+
+        Every other message of the batch was not tried: it is unlocked with its delivery
+        count as it was before this batch, so a failing predecessor never uses up its
+        deliveries.
+
+        Returns:
+            The settlement of each completed or failed token (``lost`` when its lock had
+            expired).
+        """
+        spec = self.spec(batch.queue)
+        tried = set(completed) | ({failed[0]} if failed else set())
+        untried = [m.lock_token for m in batch.messages if m.lock_token not in tried]
+        outcome: dict[str, Settlement] = {token: "lost" for token in tried}
+        with self._transaction() as cur:
+            done = cur.execute(
+                "DELETE FROM local_broker.messages"
+                " WHERE queue = %s AND lock_token = ANY(%s) AND locked_until >= now()"
+                " RETURNING lock_token",
+                (batch.queue, list(completed)),
+            ).fetchall()
+            outcome.update({str(r["lock_token"]): "completed" for r in done})
+            if failed is not None:
+                token, error, delay = failed
+                row = _abandon_row(cur, spec, token, error, delay)
+                if row is not None:
+                    dead = row["state"] == "dead"
+                    outcome[token] = "dead-lettered" if dead else "abandoned"
+            cur.execute(
+                """
+                UPDATE local_broker.messages
+                SET lock_token = NULL, locked_until = NULL,
+                    delivery_count = greatest(delivery_count - 1, 0)
+                WHERE queue = %s AND lock_token = ANY(%s)
+                """,
+                (batch.queue, untried),
+            )
+            _release_session(cur, batch.queue, batch.session_id, batch.lock_token)
+        return outcome
 
     def renew_lock(self, queue: str, lock_token: str) -> datetime | None:
         """Extend a held lock by the queue's lock duration (the session's too).
@@ -319,32 +553,7 @@ class LocalBroker:
         """
         spec = self.spec(queue)
         with self._transaction() as cur:
-            row = cur.execute(
-                """
-                UPDATE local_broker.messages
-                SET state = CASE WHEN delivery_count >= %(max)s THEN 'dead' ELSE 'active' END,
-                    dead_letter_reason = CASE WHEN delivery_count >= %(max)s
-                        THEN %(reason)s END,
-                    dead_letter_description = CASE WHEN delivery_count >= %(max)s
-                        THEN 'Message could not be consumed after ' || delivery_count
-                             || ' delivery attempts. Last error: ' || %(error)s END,
-                    dead_lettered_at = CASE WHEN delivery_count >= %(max)s THEN now() END,
-                    last_error = %(error)s,
-                    lock_token = NULL,
-                    locked_until = NULL,
-                    retry_at = now() + make_interval(secs => %(delay)s)
-                WHERE queue = %(q)s AND lock_token = %(t)s AND locked_until >= now()
-                RETURNING state, session_id
-                """,
-                {
-                    "q": queue,
-                    "t": lock_token,
-                    "max": spec.max_delivery_count,
-                    "reason": MAX_DELIVERY_COUNT_EXCEEDED,
-                    "error": error,
-                    "delay": redeliver_after_s,
-                },
-            ).fetchone()
+            row = _abandon_row(cur, spec, lock_token, error, redeliver_after_s)
             if row is None:
                 return "lost"
             _release_session(cur, queue, row["session_id"], lock_token)
@@ -494,6 +703,18 @@ def _upsert_spec(cur: _Cursor, spec: QueueSpec) -> None:
     )
 
 
+def _check_sessions(spec: QueueSpec, messages: Sequence[OutboundMessage]) -> None:
+    for message in messages:
+        if spec.requires_session and not message.session_id:
+            raise ValidationError(
+                f"queue {spec.name} requires a session id; message {message.message_id} has none"
+            )
+
+
+def _log_duplicate(queue: str, message_id: str) -> None:
+    log.warning("duplicate message dropped", extra={"queue": queue, "message_id": message_id})
+
+
 def _first_within_window(cur: _Cursor, spec: QueueSpec, message_id: str) -> bool:
     """Record a MessageId as sent; False when it was already sent within the window."""
     row = cur.execute(
@@ -622,13 +843,26 @@ def _lock_next(
     return row
 
 
-# Limitation: a session is locked for one message at a time, not held by one receiver
-# until it is idle as Service Bus does: between two messages another consumer may take the
-# session over. Order and one-consumer-at-a-time still hold; only the affinity differs.
+# Limitation: ``receive`` locks a session for one message, and ``receive_session_batches``
+# for one run of messages, not until the session is idle as a Service Bus session receiver
+# holds it: between two messages (or runs) another consumer may take the session over.
+# Order and one-consumer-at-a-time still hold; only the affinity differs.
 def _receive_from_session(
     cur: _Cursor, spec: QueueSpec, token: str, only: str | None
 ) -> dict[str, Any] | None:
     """Take the lock of a free session with a deliverable head message, and lock that."""
+    for session_id in _free_sessions(cur, spec, only):
+        if not _take_session(cur, spec, session_id, token):
+            continue
+        row = _lock_next(cur, spec, token, session_id=session_id)
+        if row is not None:
+            return row
+        _release_session(cur, spec.name, session_id, token)
+    return None
+
+
+def _free_sessions(cur: _Cursor, spec: QueueSpec, only: str | None) -> list[str]:
+    """Up to 16 unlocked sessions whose head message is deliverable, oldest head first."""
     # The sessions with active messages are found by skipping through the index one session
     # at a time, and only each session's head is read, so a receive costs in proportion to
     # the number of sessions, not of messages waiting.
@@ -660,27 +894,99 @@ def _receive_from_session(
         """,
         {"q": spec.name, "n": _SESSION_CANDIDATES, "only": only},
     ).fetchall()
-    for candidate in candidates:
-        session_id = str(candidate["session_id"])
-        # Concurrent receivers serialise on the session row; only one sees it free.
-        taken = cur.execute(
-            """
-            INSERT INTO local_broker.sessions AS s (queue, session_id, lock_token, locked_until)
-            VALUES (%(q)s, %(s)s, %(t)s, now() + make_interval(secs => %(lock)s))
-            ON CONFLICT (queue, session_id) DO UPDATE
-                SET lock_token = EXCLUDED.lock_token, locked_until = EXCLUDED.locked_until
-            WHERE s.locked_until < now()
-            RETURNING 1
-            """,
-            {"q": spec.name, "s": session_id, "t": token, "lock": spec.lock_duration_s},
-        ).fetchone()
-        if taken is None:
-            continue
-        row = _lock_next(cur, spec, token, session_id=session_id)
-        if row is not None:
-            return row
+    return [str(c["session_id"]) for c in candidates]
+
+
+def _take_session(cur: _Cursor, spec: QueueSpec, session_id: str, token: str) -> bool:
+    """Lock a session with ``token`` unless another consumer holds it."""
+    # Concurrent receivers serialise on the session row; only one sees it free.
+    taken = cur.execute(
+        """
+        INSERT INTO local_broker.sessions AS s (queue, session_id, lock_token, locked_until)
+        VALUES (%(q)s, %(s)s, %(t)s, now() + make_interval(secs => %(lock)s))
+        ON CONFLICT (queue, session_id) DO UPDATE
+            SET lock_token = EXCLUDED.lock_token, locked_until = EXCLUDED.locked_until
+        WHERE s.locked_until < now()
+        RETURNING 1
+        """,
+        {"q": spec.name, "s": session_id, "t": token, "lock": spec.lock_duration_s},
+    ).fetchone()
+    return taken is not None
+
+
+def _abandon_row(
+    cur: _Cursor, spec: QueueSpec, lock_token: str, error: str, delay_s: float
+) -> dict[str, Any] | None:
+    """Unlock a message after a failed attempt, dead-lettering it at the maximum delivery
+    count; its state and session, or None when the lock had expired."""
+    row: dict[str, Any] | None = cur.execute(
+        """
+        UPDATE local_broker.messages
+        SET state = CASE WHEN delivery_count >= %(max)s THEN 'dead' ELSE 'active' END,
+            dead_letter_reason = CASE WHEN delivery_count >= %(max)s THEN %(reason)s END,
+            dead_letter_description = CASE WHEN delivery_count >= %(max)s
+                THEN 'Message could not be consumed after ' || delivery_count
+                     || ' delivery attempts. Last error: ' || %(error)s END,
+            dead_lettered_at = CASE WHEN delivery_count >= %(max)s THEN now() END,
+            last_error = %(error)s,
+            lock_token = NULL,
+            locked_until = NULL,
+            retry_at = now() + make_interval(secs => %(delay)s)
+        WHERE queue = %(q)s AND lock_token = %(t)s AND locked_until >= now()
+        RETURNING state, session_id
+        """,
+        {
+            "q": spec.name,
+            "t": lock_token,
+            "max": spec.max_delivery_count,
+            "reason": MAX_DELIVERY_COUNT_EXCEEDED,
+            "error": error,
+            "delay": delay_s,
+        },
+    ).fetchone()
+    return row
+
+
+def _lock_session_run(
+    cur: _Cursor, spec: QueueSpec, session_id: str, token: str, max_count: int
+) -> list[dict[str, Any]]:
+    """Take a session's lock unless another consumer holds it, then lock its first
+    ``max_count`` deliverable messages; none (and the session let go) when it has none."""
+    if not _take_session(cur, spec, session_id, token):
+        return []
+    # The run of visible messages from the head, up to the first one that waits out a retry
+    # delay; each gets a lock token of its own.
+    rows = cur.execute(
+        f"""
+        WITH head AS (
+            SELECT seq, retry_at FROM local_broker.messages
+            WHERE queue = %(q)s AND session_id = %(s)s AND state = 'active'
+              AND visible_at <= now()
+            ORDER BY seq LIMIT %(n)s FOR UPDATE
+        ), run AS (
+            SELECT seq AS picked, bool_and(retry_at <= now()) OVER (ORDER BY seq) AS ready
+            FROM head
+        )
+        UPDATE local_broker.messages m
+        SET lock_token = gen_random_uuid(),
+            locked_until = now() + make_interval(secs => %(lock)s),
+            delivery_count = m.delivery_count + 1,
+            last_error = CASE WHEN m.locked_until IS NOT NULL THEN %(expired)s
+                              ELSE m.last_error END
+        FROM run WHERE m.seq = run.picked AND run.ready
+        RETURNING {_MESSAGE_COLUMNS}
+        """,
+        {
+            "q": spec.name,
+            "s": session_id,
+            "n": max_count,
+            "lock": spec.lock_duration_s,
+            "expired": LOCK_EXPIRED_ERROR,
+        },
+    ).fetchall()
+    if not rows:
         _release_session(cur, spec.name, session_id, token)
-    return None
+    return sorted(rows, key=lambda r: int(r["seq"]))
 
 
 def _release_session(cur: _Cursor, queue: str, session_id: str | None, token: str) -> None:

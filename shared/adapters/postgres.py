@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -85,6 +85,28 @@ def transaction() -> Iterator[psycopg.Connection]:
             conn.transaction(),
         ):
             yield conn
+    except psycopg.OperationalError as exc:
+        log.error("postgres unavailable: %s", exc, extra={"system": "postgres"})
+        raise UpstreamError(
+            "the database is unavailable", provider="postgres", retryable=True
+        ) from exc
+
+
+def single_statement(query: str, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    """Run one statement in a transaction of its own and return its first row (or None).
+
+    The BEGIN, the statement and the COMMIT go to the server together (pipeline mode), so
+    the whole transaction costs one round trip; the row is read after the commit. See
+    ``transaction`` for work that needs to read between statements.
+
+    Raises:
+        UpstreamError: the database could not be reached (retryable).
+    """
+    try:
+        with telemetry.database_span("transaction"), pool().connection() as conn:
+            with conn.pipeline(), conn.transaction():
+                cursor = conn.execute(query, params)
+            return cursor.fetchone()
     except psycopg.OperationalError as exc:
         log.error("postgres unavailable: %s", exc, extra={"system": "postgres"})
         raise UpstreamError(

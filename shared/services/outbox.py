@@ -11,7 +11,7 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 
@@ -58,6 +58,24 @@ FOR UPDATE
 """
 
 
+class TransactionalSender(Protocol):
+    """A sender that can enqueue inside the caller's own statement.
+
+    The local broker keeps its queues in the app's own database, so a message can join the
+    transaction that caused it: it becomes visible at the commit, or never, and nothing is
+    left to hand off afterwards. A real namespace cannot; the outbox carries its messages.
+    """
+
+    def enqueues_in_transaction(self) -> bool:
+        """True when ``enqueue_sql`` may be used."""
+        ...
+
+    def enqueue_sql(self, messages: Sequence[tuple[str, OutboundMessage]]) -> str:
+        """CTEs that enqueue the rows of a relation ``outgoing`` (see
+        ``LocalBroker.enqueue_sql``), after checking the messages it will hold."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class DeliveryOutcome:
     """What one delivery pass did: messages handed to Service Bus, sessions that failed."""
@@ -76,6 +94,7 @@ def add(
     *,
     inbox_id: int | None = None,
     replay_no: int = 0,
+    sent: bool = False,
 ) -> int | None:
     """Write one message to the outbox inside the caller's transaction.
 
@@ -85,13 +104,17 @@ def add(
         message: the message; its ``message_id`` is unique per queue.
         inbox_id: the inbox row the message came from, if any.
         replay_no: 0 for an original delivery, n for the n-th replay of an event.
+        sent: the message is enqueued in this same transaction (see
+            ``TransactionalSender``): the row is written as sent, after one attempt.
 
     Returns:
         The new row's id, or None when the queue already has a message with that id.
     """
     row = conn.execute(
         "INSERT INTO outbox (queue, message_id, session_id, subject, content_type, body,"
-        " properties, inbox_id, replay_no) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        " properties, inbox_id, replay_no, sent_at, attempts)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s,"
+        " CASE WHEN %s THEN now() END, CASE WHEN %s THEN 1 ELSE 0 END)"
         " ON CONFLICT (queue, message_id) DO NOTHING RETURNING id",
         (
             queue,
@@ -103,6 +126,8 @@ def add(
             json.dumps(dict(message.application_properties)),
             inbox_id,
             replay_no,
+            sent,
+            sent,
         ),
     ).fetchone()
     return int(row[0]) if row else None

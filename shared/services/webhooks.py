@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 
@@ -388,47 +388,103 @@ def replay(
 def _record(
     arrival: _Arrival, messages: list[tuple[str, OutboundMessage]], sender: MessageSender
 ) -> Receipt:
-    # One transaction: the event and its messages are kept together or not at all.
+    # One statement, one transaction: the event and its messages are kept together or not
+    # at all. A sender that enqueues in the same database (the local broker) takes the
+    # messages in that statement too, so one commit records and hands off; other senders
+    # get them from the outbox after the commit.
     fields = {"source": arrival.source, "event_id": arrival.event_id}
-    written: list[int] = []
-    with postgres.transaction() as conn:
-        inbox_id = _insert_inbox(conn, arrival)
-        if inbox_id is None:
-            log.warning("webhook event already recorded; nothing to do", extra=fields)
-            return Receipt(arrival.source, arrival.event_id, duplicate=True)
-        for queue, message in messages:
-            row_id = outbox.add(conn, queue, message, inbox_id=inbox_id)
-            if row_id is not None:
-                written.append(row_id)
+    local = _in_transaction(sender)
+    enqueue = local.enqueue_sql(messages) if local is not None else None
+    row = postgres.single_statement(_record_sql(enqueue), _record_params(arrival, messages))
+    if row is None:
+        log.warning("webhook event already recorded; nothing to do", extra=fields)
+        return Receipt(arrival.source, arrival.event_id, duplicate=True)
+    written = [int(i) for i in row[1]]
     log.info("webhook event recorded with %d message(s)", len(written), extra=fields)
+    if local is not None:
+        return Receipt(arrival.source, arrival.event_id, False, len(written), len(written))
 
     # Committed: the hand-off may fail now without losing anything.
     sent = _deliver_quietly(sender, written)
     return Receipt(arrival.source, arrival.event_id, False, len(written), sent)
 
 
-def _insert_inbox(conn: psycopg.Connection, arrival: _Arrival) -> int | None:
+def _in_transaction(sender: MessageSender) -> outbox.TransactionalSender | None:
+    # Duck-typed: an isinstance check against the protocol costs more than the rest of
+    # this function on every request.
+    enqueues = getattr(sender, "enqueues_in_transaction", None)
+    if enqueues is not None and enqueues():
+        return cast(outbox.TransactionalSender, sender)
+    return None
+
+
+# The inbox row and its outbox rows: when the event is a duplicate the inbox insert returns
+# nothing, and so no outbox row is written either. A message id the queue already had is
+# neither kept nor sent again. With ``{enqueue}`` the kept rows are enqueued as well, and
+# written as sent after one attempt.
+_RECORD_SQL = """
+WITH event AS (
+    INSERT INTO inbox (source, event_id, event_type, livemode, raw_body, signature_header,
+                       content_type, user_agent, request_id, traceparent)
+    VALUES (%(source)s, %(event_id)s, %(event_type)s, %(livemode)s, %(body)s, %(signature)s,
+            %(content_type)s, %(user_agent)s, %(request_id)s, %(traceparent)s)
+    ON CONFLICT (source, event_id) DO NOTHING
+    RETURNING id
+), kept AS (
+    INSERT INTO outbox (queue, message_id, session_id, subject, content_type, body,
+                        properties, inbox_id, sent_at, attempts)
+    SELECT m.queue, m.message_id, m.session_id, m.subject, m.content_type, m.body,
+           m.properties, event.id, {sent_at}, {attempts}
+    FROM event CROSS JOIN unnest(%(queues)s::text[], %(ids)s::text[], %(sessions)s::text[],
+                                 %(subjects)s::text[], %(types)s::text[], %(bodies)b::bytea[],
+                                 %(properties)s::jsonb[]) WITH ORDINALITY
+        AS m (queue, message_id, session_id, subject, content_type, body, properties, n)
+    ORDER BY m.n
+    ON CONFLICT (queue, message_id) DO NOTHING
+    RETURNING id, queue, message_id, session_id, subject, content_type, body, properties
+){enqueue}
+SELECT event.id, array(SELECT id FROM kept ORDER BY id) FROM event
+"""
+
+_OUTGOING_FROM_KEPT = """, outgoing AS (
+    SELECT queue, message_id, session_id, body, content_type, subject, properties,
+           NULL::timestamptz AS scheduled, id AS n
+    FROM kept
+), """
+
+
+def _record_sql(enqueue: str | None) -> str:
+    if enqueue is None:
+        return _RECORD_SQL.format(sent_at="NULL", attempts="0", enqueue="")
+    return _RECORD_SQL.format(
+        sent_at="now()", attempts="1", enqueue=_OUTGOING_FROM_KEPT + enqueue.strip()
+    )
+
+
+def _record_params(
+    arrival: _Arrival, messages: list[tuple[str, OutboundMessage]]
+) -> dict[str, Any]:
     headers = arrival.headers
     request_id = next((headers[h] for h in _REQUEST_ID_HEADERS if headers.get(h)), None)
-    row = conn.execute(
-        "INSERT INTO inbox (source, event_id, event_type, livemode, raw_body, signature_header,"
-        " content_type, user_agent, request_id, traceparent)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-        " ON CONFLICT (source, event_id) DO NOTHING RETURNING id",
-        (
-            arrival.source,
-            arrival.event_id,
-            arrival.event_type,
-            arrival.livemode,
-            arrival.body,
-            arrival.signature,
-            headers.get("content-type"),
-            headers.get("user-agent"),
-            request_id,
-            arrival.traceparent,
-        ),
-    ).fetchone()
-    return int(row[0]) if row else None
+    return {
+        "source": arrival.source,
+        "event_id": arrival.event_id,
+        "event_type": arrival.event_type,
+        "livemode": arrival.livemode,
+        "body": arrival.body,
+        "signature": arrival.signature,
+        "content_type": headers.get("content-type"),
+        "user_agent": headers.get("user-agent"),
+        "request_id": request_id,
+        "traceparent": arrival.traceparent,
+        "queues": [queue for queue, _ in messages],
+        "ids": [m.message_id for _, m in messages],
+        "sessions": [m.session_id for _, m in messages],
+        "subjects": [m.subject for _, m in messages],
+        "types": [m.content_type for _, m in messages],
+        "bodies": [m.body for _, m in messages],
+        "properties": [json.dumps(dict(m.application_properties)) for _, m in messages],
+    }
 
 
 def _deliver_quietly(sender: MessageSender, ids: list[int]) -> int:

@@ -366,3 +366,102 @@ class TestNamedSession:
         assert broker.receive(queue, session_id="b") is None
         assert broker.receive(queue, session_id="nobody") is None
         assert broker.receive(queue).message_id == "a1"
+
+
+def delivery_counts(pool: ConnectionPool, queue: str) -> dict[str, int]:
+    with pool.connection() as conn:
+        rows = conn.execute(
+            "SELECT message_id, delivery_count FROM local_broker.messages WHERE queue = %s",
+            (queue,),
+        ).fetchall()
+    return {str(m): int(c) for m, c in rows}
+
+
+class TestSessionBatches:
+    def test_one_search_locks_runs_of_several_sessions_in_order(self, broker):
+        queue = new_queue(broker, requires_session=True)
+        broker.send(queue, [msg(f"{s}{i}", session=s) for i in range(4) for s in "abc"])
+
+        batches = broker.receive_session_batches(queue, max_sessions=2, max_count=3)
+
+        assert [(b.session_id, [m.message_id for m in b.messages]) for b in batches] == [
+            ("a", ["a0", "a1", "a2"]),
+            ("b", ["b0", "b1", "b2"]),
+        ]
+        assert len({m.lock_token for b in batches for m in b.messages}) == 6
+        # Locked sessions are nobody else's, message by message or in batches.
+        assert broker.receive(queue).session_id == "c"
+        assert broker.receive_session_batches(queue, max_sessions=5, max_count=3) == []
+
+    def test_a_failure_ends_the_batch_and_untried_messages_keep_their_count(self, broker, pool):
+        queue = new_queue(broker, requires_session=True)
+        broker.send(queue, [msg(f"a{i}", session="a") for i in range(5)])
+        [batch] = broker.receive_session_batches(queue, max_sessions=1, max_count=5)
+        a0, a1, a2 = batch.messages[:3]
+
+        settled = broker.settle_session_batch(
+            batch, [a0.lock_token, a1.lock_token], failed=(a2.lock_token, "boom", 0.0)
+        )
+
+        assert settled == {
+            a0.lock_token: "completed",
+            a1.lock_token: "completed",
+            a2.lock_token: "abandoned",
+        }
+        assert delivery_counts(pool, queue) == {"a2": 1, "a3": 0, "a4": 0}
+        [again] = broker.receive_session_batches(queue, max_sessions=1, max_count=5)
+        assert [(m.message_id, m.delivery_count) for m in again.messages] == [
+            ("a2", 2),
+            ("a3", 1),
+            ("a4", 1),
+        ]
+
+    def test_a_batch_stops_before_a_message_waiting_out_its_retry_delay(self, broker):
+        queue = new_queue(broker, requires_session=True)
+        broker.send(queue, [msg(f"a{i}", session="a") for i in range(3)])
+        [batch] = broker.receive_session_batches(queue, max_sessions=1, max_count=5)
+        head = batch.messages[0]
+        broker.settle_session_batch(batch, [], failed=(head.lock_token, "boom", 30.0))
+
+        assert broker.receive_session_batches(queue, max_sessions=1, max_count=5) == []
+        assert broker.receive(queue) is None, "a1 overtook a0 during its retry delay"
+
+    def test_the_last_allowed_delivery_failing_in_a_batch_dead_letters(self, broker):
+        queue = new_queue(broker, requires_session=True, max_delivery_count=1)
+        broker.send(queue, [msg("a1", session="s"), msg("a2", session="s")])
+        [batch] = broker.receive_session_batches(queue, max_sessions=1, max_count=5)
+        first = batch.messages[0]
+
+        settled = broker.settle_session_batch(batch, [], failed=(first.lock_token, "boom", 0.0))
+
+        assert settled == {first.lock_token: "dead-lettered"}
+        [dead] = broker.peek_dead_letters(queue, 10)
+        assert (dead.message_id, dead.dead_letter_reason) == ("a1", MAX_DELIVERY_COUNT_EXCEEDED)
+        [next_batch] = broker.receive_session_batches(queue, max_sessions=1, max_count=5)
+        assert [(m.message_id, m.delivery_count) for m in next_batch.messages] == [("a2", 1)]
+
+    def test_an_expired_batch_lock_settles_as_lost(self, broker):
+        queue = new_queue(broker, requires_session=True, lock_duration_s=1)
+        broker.send(queue, [msg("a1", session="s")])
+        [batch] = broker.receive_session_batches(queue, max_sessions=1, max_count=5)
+        time.sleep(1.2)
+        [taken] = broker.receive_session_batches(queue, max_sessions=1, max_count=5)
+
+        assert broker.settle_session_batch(batch, [batch.messages[0].lock_token]) == {
+            batch.messages[0].lock_token: "lost"
+        }
+        assert broker.settle_session_batch(taken, [taken.messages[0].lock_token]) == {
+            taken.messages[0].lock_token: "completed"
+        }
+
+    def test_renewal_extends_every_lock_of_the_batch(self, broker, pool):
+        queue = new_queue(broker, requires_session=True)
+        broker.send(queue, [msg("a1", session="s"), msg("a2", session="s")])
+        [batch] = broker.receive_session_batches(queue, max_sessions=1, max_count=5)
+        until = broker.renew_session_batch(batch)
+        assert until is not None and until > batch.messages[0].locked_until
+        with pool.connection() as conn:
+            locks = conn.execute(
+                "SELECT locked_until FROM local_broker.messages WHERE queue = %s", (queue,)
+            ).fetchall()
+        assert [row[0] for row in locks] == [until, until]
