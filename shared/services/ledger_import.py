@@ -605,14 +605,18 @@ def _post_bank(conn: psycopg.Connection, client: Client, import_id: int) -> tupl
             FROM new_tx n WHERE n.entry_id IS NOT NULL
         ),
         lines AS (
+            -- Both lines of an entry one after the other: the key index (entry_id, id) then
+            -- only ever grows at its end, instead of being walked a second time to put each
+            -- counterpart line beside its bank line.
             INSERT INTO journal_lines (entry_id, client_id, account_id, amount_minor, currency)
-            SELECT n.entry_id, %(client)s, n.account_id, n.amount_minor, n.currency
-            FROM new_tx n WHERE n.entry_id IS NOT NULL
-            UNION ALL
-            SELECT n.entry_id, %(client)s,
-                   CASE WHEN n.amount_minor > 0 THEN %(income)s ELSE %(expense)s END,
-                   -n.amount_minor, n.currency
-            FROM new_tx n WHERE n.entry_id IS NOT NULL
+            SELECT n.entry_id, %(client)s, side.account_id, side.amount_minor, n.currency
+            FROM new_tx n
+            CROSS JOIN LATERAL (VALUES
+                (n.account_id, n.amount_minor),
+                (CASE WHEN n.amount_minor > 0 THEN %(income)s ELSE %(expense)s END,
+                 -n.amount_minor)
+            ) AS side (account_id, amount_minor)
+            WHERE n.entry_id IS NOT NULL
         )
         SELECT (SELECT count(*) FROM new_tx), (SELECT count(*) FROM stage_bank)
         """.replace("{row_key}", ROW_KEY_SQL),
