@@ -139,44 +139,42 @@ BEGIN
 END
 $$;
 
--- Bank transactions: every row of a statement checked at its end, as one set. Accounts and
--- imports are looked up once per distinct value; entries only within the range of ids the
--- statement names.
+-- Bank transactions: every row of a statement checked at its end, as one set. One pass
+-- groups the rows by client, account and import (a statement rarely has more than a few
+-- groups), each group's account and import is looked up once, and the groups give the
+-- range of entry ids the second pass joins against.
 CREATE OR REPLACE FUNCTION bank_transactions_check_refs() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
+    grp record;
     bad record;
     lo bigint;
     hi bigint;
 BEGIN
-    SELECT u.id, u.account_id, u.import_id,
-           (SELECT a.client_id FROM accounts a WHERE a.id = u.account_id)
-               IS DISTINCT FROM u.client_id AS bad_account
-    INTO bad
-    FROM (
-        SELECT n.client_id, n.account_id, n.import_id, min(n.id) AS id
+    FOR grp IN
+        SELECT n.client_id, n.account_id, n.import_id, min(n.id) AS id,
+               min(n.entry_id) AS lo, max(n.entry_id) AS hi
         FROM new_rows n
         GROUP BY n.client_id, n.account_id, n.import_id
-    ) u
-    WHERE (SELECT a.client_id FROM accounts a WHERE a.id = u.account_id)
-              IS DISTINCT FROM u.client_id
-       OR (SELECT i.client_id FROM ledger_imports i WHERE i.id = u.import_id)
-              IS DISTINCT FROM u.client_id
-    ORDER BY u.id
-    LIMIT 1;
-    IF FOUND THEN
-        IF bad.bad_account THEN
+        ORDER BY 4
+    LOOP
+        IF (SELECT a.client_id FROM accounts a WHERE a.id = grp.account_id)
+           IS DISTINCT FROM grp.client_id THEN
             RAISE EXCEPTION 'bank transaction % is on account %, which is not an account of its client',
-                bad.id, bad.account_id USING ERRCODE = 'foreign_key_violation';
+                grp.id, grp.account_id USING ERRCODE = 'foreign_key_violation';
         END IF;
-        RAISE EXCEPTION 'bank transaction % names import %, which is not an import of its client',
-            bad.id, bad.import_id USING ERRCODE = 'foreign_key_violation';
-    END IF;
-
-    SELECT min(n.entry_id), max(n.entry_id) INTO lo, hi FROM new_rows n;
+        IF (SELECT i.client_id FROM ledger_imports i WHERE i.id = grp.import_id)
+           IS DISTINCT FROM grp.client_id THEN
+            RAISE EXCEPTION 'bank transaction % names import %, which is not an import of its client',
+                grp.id, grp.import_id USING ERRCODE = 'foreign_key_violation';
+        END IF;
+        lo := least(lo, grp.lo);
+        hi := greatest(hi, grp.hi);
+    END LOOP;
     IF lo IS NULL THEN
         RETURN NULL;
     END IF;
+
     SELECT n.id, n.entry_id INTO bad
     FROM new_rows n
     LEFT JOIN (
