@@ -57,11 +57,11 @@ ACCOUNT_FOLDER_PREFIX = "account-"
 # Memory one import's sorts may use in Postgres, in MB.
 IMPORT_WORK_MEM_MB = 128
 
-# From this many staged rows, an import's joins against the ledger are hash or merge joins
-# whatever the statistics say. Right after a large import commits, the statistics of the
-# ledger tables still describe them as they were before it; a plan built on them could probe
-# a million staged rows one by one against a table the planner thinks small, which once ran
-# for more than ten minutes where the hash join takes seconds.
+# From this many staged rows, an import's joins against the ledger are hash joins whatever
+# the statistics say. Right after a large import commits, the statistics of the ledger tables
+# still describe them as they were before it; a plan built on them could probe a million
+# staged rows one by one against a table the planner thinks small, which once ran for more
+# than ten minutes where the hash join takes seconds.
 LARGE_IMPORT_ROWS = 50_000
 
 # Staged rows are sent to COPY in batches of this many: fewer calls, bounded memory.
@@ -316,6 +316,12 @@ def _import(
     )
     # Dedupe sorts the whole file; let it sort in memory rather than spill to disk.
     conn.execute(f"SET LOCAL work_mem = '{IMPORT_WORK_MEM_MB}MB'")
+    # Dedupe joins the file to the ledger on (account, key). A merge join may use the account
+    # alone as its merge key when the file already comes sorted by account and the statistics
+    # promise few rows per account; with every row in one account that compares each row of
+    # the file with every row of the account (a re-import of a million rows ran for hours).
+    # A hash join always uses both columns.
+    conn.execute("SET LOCAL enable_mergejoin = off")
 
     try:
         parsed = parse_file(
