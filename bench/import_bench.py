@@ -96,7 +96,12 @@ def write_ofx(path: Path, rows: int, seed: int = 11) -> None:
 
 
 def run_child(args: list[str], env: dict[str, str]) -> tuple[dict[str, Any], float]:
-    """Run ``python -m bench.import_bench child ...``; return its JSON and its peak RSS in MB."""
+    """Run ``python -m bench.import_bench child ...``; return its JSON and its peak RSS in MB.
+
+    The peak is the child's own high-water mark. ``ru_maxrss`` from ``wait4`` is not: Linux
+    carries the parent's peak at fork across ``exec``, so it would show this process (which
+    has just uploaded the file) rather than the import.
+    """
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.import_bench", *args],
         cwd=REPO,
@@ -109,7 +114,21 @@ def run_child(args: list[str], env: dict[str, str]) -> tuple[dict[str, Any], flo
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"child {args} failed with exit code {proc.returncode}")
-    return json.loads(output), usage.ru_maxrss / 1024
+    result: dict[str, Any] = json.loads(output)
+    own_peak = result.pop("peak_rss_kb", None)
+    return result, (usage.ru_maxrss if own_peak is None else own_peak) / 1024
+
+
+def own_peak_rss_kb() -> int | None:
+    """This process's peak resident set in kB (``VmHWM``), None where /proc has no such line."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 def child_import(blob_name: str) -> None:
@@ -129,6 +148,7 @@ def child_import(blob_name: str) -> None:
                 "imported": report.get("imported"),
                 "duplicates": report.get("duplicates_skipped"),
                 "reason": report.get("reason"),
+                "peak_rss_kb": own_peak_rss_kb(),
             }
         )
     )

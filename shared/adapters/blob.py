@@ -26,8 +26,10 @@ from shared.errors import NotFound, UpstreamError
 log = logging.getLogger(__name__)
 
 # The SDK's first GET fetches up to 32 MiB into memory by default; every piece is kept at
-# this size instead, so a download holds the same memory whatever the blob's size.
-DOWNLOAD_CHUNK_BYTES = 4 * 1024 * 1024
+# this size instead. A download holds a few pieces at once (the first one stays referenced
+# until the end), so the piece is small enough for that to stay a few MiB whatever the
+# blob's size.
+DOWNLOAD_CHUNK_BYTES = 1024 * 1024
 
 _client: BlobServiceClient | None = None
 _client_lock = threading.Lock()

@@ -162,6 +162,123 @@ def test_refuses_a_bank_transaction_on_another_clients_account(conn, client_id, 
         )
 
 
+def _import_row(conn: psycopg.Connection, client_id: uuid.UUID) -> int:
+    row = conn.execute(
+        "INSERT INTO ledger_imports (client_id, blob_name, blob_version, sha256, size_bytes,"
+        " status, started_at) VALUES (%s, %s, 'v1', repeat('0', 64), 1, 'imported', now())"
+        " RETURNING id",
+        (client_id, f"{client_id}/{uuid.uuid4().hex}.csv"),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_refuses_lines_of_an_entry_that_does_not_exist(conn, client_id):
+    bank, revenue = _accounts(conn, client_id)
+    entry = _entry(conn, client_id)
+    _line(conn, entry, client_id, bank, 300)
+    _line(conn, entry, client_id, revenue, -300)
+    _line(conn, entry + 1, client_id, bank, 300)
+    _line(conn, entry + 1, client_id, revenue, -300)
+
+    with pytest.raises(
+        psycopg.errors.ForeignKeyViolation,
+        match=f"journal lines refer to entry {entry + 1}, which does not exist",
+    ):
+        conn.commit()
+
+
+def test_refuses_an_entry_naming_another_clients_import(conn, client_id, firm):
+    from shared.services import clients
+
+    other = clients.create_client(firm, "Other client")
+    foreign_import = _import_row(conn, other)
+    bank, revenue = _accounts(conn, client_id)
+    entry = conn.execute(
+        "INSERT INTO journal_entries (client_id, booked_on, source, import_id)"
+        " VALUES (%s, '2026-01-31', 'bank_import', %s) RETURNING id",
+        (client_id, foreign_import),
+    ).fetchone()
+    assert entry is not None
+    _line(conn, entry[0], client_id, bank, 40)
+    _line(conn, entry[0], client_id, revenue, -40)
+
+    with pytest.raises(
+        psycopg.errors.ForeignKeyViolation,
+        match=f"names import {foreign_import} of another client",
+    ):
+        conn.commit()
+
+
+def test_refuses_a_reversal_of_another_clients_entry(conn, client_id, firm):
+    from shared.services import clients
+
+    other = clients.create_client(firm, "Other client")
+    other_bank, other_revenue = _accounts(conn, other)
+    theirs = _entry(conn, other)
+    _line(conn, theirs, other, other_bank, 60)
+    _line(conn, theirs, other, other_revenue, -60)
+    conn.commit()
+
+    bank, revenue = _accounts(conn, client_id)
+    reversal = conn.execute(
+        "INSERT INTO journal_entries (client_id, booked_on, source, reverses_id)"
+        " VALUES (%s, '2026-02-01', 'manual', %s) RETURNING id",
+        (client_id, theirs),
+    ).fetchone()
+    assert reversal is not None
+    _line(conn, reversal[0], client_id, bank, -60)
+    _line(conn, reversal[0], client_id, revenue, 60)
+
+    with pytest.raises(
+        psycopg.errors.ForeignKeyViolation,
+        match=f"reverses entry {theirs}, which is no entry of its client",
+    ):
+        conn.commit()
+
+
+def test_refuses_a_bank_transaction_naming_another_clients_entry(conn, client_id, firm):
+    from shared.services import clients
+
+    other = clients.create_client(firm, "Other client")
+    other_bank, other_revenue = _accounts(conn, other)
+    theirs = _entry(conn, other)
+    _line(conn, theirs, other, other_bank, 80)
+    _line(conn, theirs, other, other_revenue, -80)
+    conn.commit()
+    bank, _ = _accounts(conn, client_id)
+    imported = _import_row(conn, client_id)
+
+    with pytest.raises(
+        psycopg.errors.ForeignKeyViolation,
+        match=f"names entry {theirs}, which is not an entry of its client",
+    ):
+        conn.execute(
+            "INSERT INTO bank_transactions (client_id, account_id, booked_on, amount_minor,"
+            " currency, dedupe_key, import_id, entry_id)"
+            " VALUES (%s, %s, '2026-01-01', 80, 'USD', 'k', %s, %s)",
+            (client_id, bank, imported, theirs),
+        )
+
+
+def test_refuses_a_bank_transaction_naming_another_clients_import(conn, client_id, firm):
+    from shared.services import clients
+
+    other = clients.create_client(firm, "Other client")
+    foreign_import = _import_row(conn, other)
+    bank, _ = _accounts(conn, client_id)
+
+    with pytest.raises(
+        psycopg.errors.ForeignKeyViolation,
+        match=f"names import {foreign_import}, which is not an import of its client",
+    ):
+        conn.execute(
+            "INSERT INTO bank_transactions (client_id, account_id, booked_on, amount_minor,"
+            " currency, dedupe_key, import_id) VALUES (%s, %s, '2026-01-01', 1, 'USD', 'k', %s)",
+            (client_id, bank, foreign_import),
+        )
+
+
 @pytest.mark.parametrize("table", ["accounts", "clients", "firms"])
 def test_rows_the_ledger_refers_to_are_never_deleted(conn, client_id, table):
     with pytest.raises(psycopg.errors.RestrictViolation, match="never deleted"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import uuid
 
@@ -475,3 +476,35 @@ def test_account_numbers_are_masked_in_account_names(services, client_id):
             )
         ]
     assert names == ["Bank account …5678"]
+
+
+def test_says_imported_only_once_the_import_is_committed(services, client_id):
+    seen: list[tuple[str, int]] = []
+
+    class Witness(logging.Handler):
+        """On the "imported" line, counts what another connection sees of the client."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("imported "):
+                with psycopg.connect(services["DATABASE_URL"]) as other:
+                    row = other.execute(
+                        "SELECT count(*) FROM bank_transactions WHERE client_id = %s",
+                        (client_id,),
+                    ).fetchone()
+                assert row is not None
+                seen.append((record.getMessage(), row[0]))
+
+    witness = Witness(level=logging.INFO)
+    logger = logging.getLogger("shared.services.ledger_import")
+    logger.addHandler(witness)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        ledger_import.import_blob(drop(client_id, "committed.csv", SIMPLE_CSV))
+    finally:
+        logger.removeHandler(witness)
+        logger.setLevel(level)
+
+    [(message, visible)] = seen
+    assert visible == 4
+    assert "4 rows, 4 new, 0 duplicates; ledger checks" in message
