@@ -198,7 +198,7 @@ def scoped_transaction(
         client_id: the user's own client (client users), or None (firm staff).
         user_id: the user.
         enter_client: a client to narrow the transaction to, if the user may see it; made
-            by the same statement as the settings (``portal_enter``, migration 0015).
+            by the same statement as the settings (``portal_enter``, migration 0014).
 
     Raises:
         ClientNotVisible: ``enter_client`` does not exist or is not visible to the user.

@@ -281,7 +281,7 @@ def resolve_user(user_name: str) -> Principal:
 
 def sign_in(user_name: str, per_minute: int) -> Principal:
     """`resolve_user`, and one request taken from the user's rate-limit bucket, in one
-    statement of the portal's role (``portal_sign_in``, migration 0015).
+    statement of the portal's role (``portal_sign_in``, migration 0014).
 
     The buckets are rows in Postgres, so every instance serving the API draws on the same
     budget: ``per_minute`` requests a minute, in bursts up to that.
