@@ -11,11 +11,21 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 from aiohttp import web
+from azure.durable_functions.models.utils import http_utils
 
 from devhost.durable import ACTIVE_STATUSES, DurableEngine, DurableError, TaskHub
 
 PREFIX = "/runtime/webhooks/durabletask/"
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def close_client_session() -> None:
+    """Close the HTTP session the Durable SDK's client shares across the process.
+
+    The app's functions open it on the host's loop at their first management call; the
+    worker's exit would end it, so the host closes it when it stops.
+    """
+    await http_utils._close_session()
 
 
 def client_binding(base_url: str, hub: str, key: str) -> str:

@@ -32,7 +32,7 @@ from devhost.discovery import (
     load_app,
 )
 from devhost.durable import DurableEngine, TaskHub
-from devhost.durable_api import DurableApi, client_binding
+from devhost.durable_api import DurableApi, client_binding, close_client_session
 from devhost.errors import ConfigError, ServiceError
 from devhost.http_server import HttpServer
 from devhost.invoke import Invoker
@@ -188,6 +188,7 @@ class DevHost:
             await self._store.close()
         if self.task_hub is not None:
             await self.task_hub.close()
+        await close_client_session()
         self.invoker.shutdown(wait=False)
 
     async def _wind_down(self) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from azure.durable_functions.models.utils import http_utils
 
+from devhost.durable_api import close_client_session
+
 
 def drop_session() -> None:
     """Forget the session of another loop; the next call opens one on the current loop."""
@@ -16,4 +18,4 @@ def drop_session() -> None:
 
 async def close_session() -> None:
     """Close the session this loop opened, if it did (run it on that loop)."""
-    await http_utils._close_session()
+    await close_client_session()

@@ -15,6 +15,7 @@ from typing import Any
 import azure.durable_functions as df
 import psycopg
 import pytest
+from azure.durable_functions.models.utils import http_utils
 
 from devhost.discovery import LoadedApp, load_app
 from devhost.host import DevHost
@@ -265,3 +266,22 @@ def _inbox_empty(host: DevHost, instance_id: str) -> bool:
             (instance_id, instance_id),
         ).fetchone()
     return row is not None and row[0] == 0
+
+
+def test_stopping_closes_the_session_the_sdk_client_opened(
+    durable_app: LoadedApp, pg: PostgresHandle
+) -> None:
+    # The app's functions open the SDK's shared session on the host's loop; left open, it
+    # is reported as an unclosed client session when the process exits.
+    loop_thread = LoopThread()
+    try:
+        running = DevHost(durable_app, fast_settings(durable_hub="StopHub"), database_url=pg.url)
+        loop_thread.run(running.start())
+        client = df.DurableOrchestrationClient(running.invoker.durable_client)
+        assert loop_thread.run(client.get_status("no-such-instance")).runtime_status is None
+        session = http_utils._client_session
+        assert session is not None and not session.closed
+        loop_thread.run(running.stop(grace_s=2))
+        assert session.closed
+    finally:
+        loop_thread.close()
