@@ -4,6 +4,7 @@ body and response models, and the same declaration drives the HTTP functions, th
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import datetime as dt
 import html
@@ -16,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import azure.durable_functions as df
 import azure.functions as func
@@ -44,6 +45,7 @@ from shared.services import portal as views
 from shared.services import portal_documents as records
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 portal_bp = df.Blueprint()
 
@@ -90,6 +92,16 @@ class WorkflowCall:
         with _acting(self.principal, self.params["client_id"]) as conn:
             _check_role(self.principal, self.staff_only, self.summary)
             yield conn
+
+    async def run(self, work: Callable[[psycopg.Connection], T]) -> T:
+        """``work`` in one `transaction`, on a worker thread: the event loop that serves the
+        other asynchronous functions goes on while the database answers."""
+
+        def inside() -> T:
+            with self.transaction() as conn:
+                return work(conn)
+
+        return await asyncio.to_thread(inside)
 
 
 Handler = Callable[[Call], BaseModel]
@@ -472,14 +484,16 @@ async def start_engagement(call: WorkflowCall) -> BaseModel:
     The type and period identify the engagement and its workflow instance: the same pair
     again answers the engagement already started, with ``created`` false.
     """
-    with call.transaction() as conn:
-        engagement = engagements.open_engagement_in(
+    engagement = await call.run(
+        lambda conn: engagements.open_engagement_in(
             conn, call.client_id, call.body.engagement_type, call.body.period, _actor(call)
         )
+    )
     # After the commit: the workflow's first step reads the row.
     created = await _start_workflow(call.durable, engagement)
-    with call.transaction() as conn:
-        summary = records.engagement_summary(conn, call.client_id, engagement.id)
+    summary = await call.run(
+        lambda conn: records.engagement_summary(conn, call.client_id, engagement.id)
+    )
     return m.EngagementStarted(
         **summary.model_dump(),
         instance_id=engagement.instance_id,
@@ -504,29 +518,36 @@ async def review_engagement(call: WorkflowCall) -> BaseModel:
     one decided already, is a conflict.
     """
     decision: m.ReviewDecision = call.body
-    with call.transaction() as conn:
-        engagement = records.engagement_of(conn, call.client_id, call.params["engagement_id"])
-        status = await call.durable.get_status(engagement.instance_id)
-        running = status.runtime_status in (
-            df.OrchestrationRuntimeStatus.Running,
-            df.OrchestrationRuntimeStatus.Pending,
+    engagement = await call.run(
+        lambda conn: records.engagement_of(conn, call.client_id, call.params["engagement_id"])
+    )
+    status = await call.durable.get_status(engagement.instance_id)
+    running = status.runtime_status in (
+        df.OrchestrationRuntimeStatus.Running,
+        df.OrchestrationRuntimeStatus.Pending,
+    )
+    waiting = engagements.waiting_review(status.custom_status) if running else None
+    if waiting is None:
+        raise Conflict(f"engagement {engagement.id} is not waiting for a review")
+    step, event = waiting
+    if step != decision.step:
+        raise Conflict(
+            f"engagement {engagement.id} is waiting for review step {step!r},"
+            f" not {decision.step!r}"
         )
-        waiting = engagements.waiting_review(status.custom_status) if running else None
-        if waiting is None:
-            raise Conflict(f"engagement {engagement.id} is not waiting for a review")
-        step, event = waiting
-        if step != decision.step:
-            raise Conflict(
-                f"engagement {engagement.id} is waiting for review step {step!r},"
-                f" not {decision.step!r}"
-            )
-        payload = decision.model_dump(exclude={"step"})
+    payload = decision.model_dump(exclude={"step"})
+    loop = asyncio.get_running_loop()
+
+    def decide(conn: psycopg.Connection) -> None:
         if not engagements.record_review(conn, engagement, step, event, payload, _actor(call)):
             raise Conflict(f"review step {step!r} of engagement {engagement.id} is decided")
         # Sent before the commit: a refused send leaves no audit row of a decision that
         # was never made. The event name is the step's own, so a repeat is never taken
-        # for a later step's decision.
-        await call.durable.raise_event(engagement.instance_id, event, payload)
+        # for a later step's decision. The send runs on the loop; this thread waits.
+        sent = call.durable.raise_event(engagement.instance_id, event, payload)
+        asyncio.run_coroutine_threadsafe(sent, loop).result()
+
+    await call.run(decide)
     return m.ReviewAccepted(engagement_id=engagement.id, step=step, decision=decision.decision)
 
 
@@ -678,11 +699,13 @@ async def dispatch_workflow(
 ) -> func.HttpResponse:
     """`dispatch` for the routes of workflow operations, with the Durable client."""
     try:
-        admitted = _admit(req, route)
+        # The checks and plain operations query the database: on a worker thread, so the
+        # event loop keeps serving the other asynchronous functions meanwhile.
+        admitted = await asyncio.to_thread(_admit, req, route)
         if isinstance(admitted, func.HttpResponse):
             return admitted
         if not admitted.op.workflow:
-            return _serve(admitted)
+            return await asyncio.to_thread(_serve, admitted)
         return await _serve_workflow(admitted, durable)
     except _InvalidInput as exc:
         return problem(400, "Invalid request", str(exc), errors=exc.errors)
