@@ -38,6 +38,7 @@ def host(tmp_path_factory: pytest.TempPathFactory, stripe_fake: FakeStripe) -> I
         DEVHOST_DURABLE_POLL_INTERVAL_S="0.05",
         # Bounds how long a blocked statement can hold the host (the default is 600 s).
         DB_STATEMENT_TIMEOUT_S=str(STATEMENT_TIMEOUT_S),
+        DB_POOL_TIMEOUT_S=str(STATEMENT_TIMEOUT_S),
     )
     devhost.start()
     try:
@@ -88,3 +89,43 @@ def test_a_double_click_on_a_review_is_one_202_and_one_quick_409(host: Devhost) 
     assert (statuses, status) == ([202, 409], 200), (results, unrelated_s)
     assert slowest < STATEMENT_TIMEOUT_S / 2, results
     assert unrelated_s < STATEMENT_TIMEOUT_S / 2, unrelated_s
+
+
+def test_reviews_of_several_engagements_at_once_are_all_served_quickly(host: Devhost) -> None:
+    app = host.app
+    client_id = app.create_client("Many reviews client")
+    advisor = _token(host, "advisor", client_id)
+    base = f"clients/{client_id}/engagements"
+    ids = []
+    for period in ("2021", "2022", "2023", "2024", "2025", "2026", "2027", "2028"):
+        status, started = _portal(
+            app, advisor, base, {"engagement_type": "individual_tax_return", "period": period}
+        )
+        assert status == 202, started
+        ids.append(started["id"])
+    for engagement_id in ids:
+        _wait_step(app, engagement_id, "collecting_documents")
+    # Each classified document is told to every open engagement of the client.
+    for doc_class in ("w2", "1099-nec"):
+        _classified(app, client_id, doc_class)
+    for engagement_id in ids:
+        _wait_step(app, engagement_id, "review:preparer_review")
+
+    approve = {"step": "preparer_review", "decision": "approve"}
+    barrier = threading.Barrier(len(ids))
+    results: list[tuple[int, Any, float]] = []
+
+    def click(engagement_id: str) -> None:
+        barrier.wait()
+        began = time.monotonic()
+        status, body = _portal(app, advisor, f"{base}/{engagement_id}/review", approve)
+        results.append((status, body, time.monotonic() - began))
+
+    threads = [threading.Thread(target=click, args=(i,)) for i in ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    summary = sorted((r[0], round(r[2], 1)) for r in results)
+    assert [s for s, _ in summary] == [202] * len(ids), summary
+    assert max(r[2] for r in results) < STATEMENT_TIMEOUT_S / 2, results
