@@ -192,6 +192,18 @@ def engagement_finish(request: dict[str, Any]) -> str:
     return status
 
 
+def _text(body: dict[str, Any], name: str) -> str:
+    """A required text field of a request body.
+
+    Raises:
+        ValidationError: the field is missing or not a string.
+    """
+    value = body.get(name)
+    if not isinstance(value, str):
+        raise ValidationError(f"{name} is required and must be a string")
+    return value
+
+
 @engagements_bp.route(route="engagements", methods=["POST"])
 @engagements_bp.durable_client_input(client_name="client")
 async def start_engagement(
@@ -206,8 +218,8 @@ async def start_engagement(
         engagement = await asyncio.to_thread(
             engagements.open_engagement,
             client_id,
-            str(body.get("engagement_type", "")),
-            str(body.get("period", "")),
+            _text(body, "engagement_type"),
+            _text(body, "period"),
             actor=ACTOR,
         )
     except AdvisorError as exc:

@@ -86,8 +86,10 @@ def open_engagement_in(
         NotFound: no such client, or not one the transaction may see.
     """
     kind = engagement_type(type_key)
-    if not period.strip() or len(period) > 32:
-        raise ValidationError("period must be 1 to 32 characters, such as 2026 or 2026-11")
+    if not period.strip() or len(period) > 32 or not period.isprintable():
+        raise ValidationError(
+            "period must be 1 to 32 printable characters, such as 2026 or 2026-11"
+        )
     engagement_id = engagement_id_for(client_id, type_key, period)
     if conn.execute("SELECT 1 FROM clients WHERE id = %s", (client_id,)).fetchone() is None:
         raise NotFound(f"client {client_id} does not exist")

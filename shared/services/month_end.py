@@ -8,12 +8,13 @@ period, the report overwrites itself, and the lock only ever moves forward.
 
 from __future__ import annotations
 
+import calendar
 import csv
 import io
 import json
 import re
 import uuid
-from datetime import date, timedelta
+from datetime import date
 from typing import Any
 
 import psycopg
@@ -25,7 +26,8 @@ from shared.services import audit, outbox, quickbooks_connections
 
 CLOSE_REPORTS_CONTAINER = "close-reports"
 ORCHESTRATOR = "month_end_close_v1"
-_PERIOD = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+# ASCII digits only, and the whole text: no other script's digits, no trailing newline.
+_PERIOD = re.compile(r"([0-9]{4})-(0[1-9]|1[0-2])")
 _BALANCE_SHEET_TYPES = ("asset", "liability", "equity")
 _PROFIT_AND_LOSS_TYPES = ("income", "expense")
 
@@ -36,14 +38,13 @@ def period_bounds(period: str) -> tuple[date, date]:
     Raises:
         ValidationError: not a ``YYYY-MM`` month.
     """
-    found = _PERIOD.match(period)
-    if found is None:
+    found = _PERIOD.fullmatch(period)
+    if found is None or found.group(1) == "0000":
         raise ValidationError(
             f"period must be a month as YYYY-MM, such as 2026-11, not {period!r}"
         )
-    first = date(int(found.group(1)), int(found.group(2)), 1)
-    following = (first + timedelta(days=32)).replace(day=1)
-    return first, following - timedelta(days=1)
+    year, month = int(found.group(1)), int(found.group(2))
+    return date(year, month, 1), date(year, month, calendar.monthrange(year, month)[1])
 
 
 def instance_id_for(client_id: uuid.UUID, period: str) -> str:

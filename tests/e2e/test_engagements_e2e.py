@@ -348,3 +348,35 @@ def test_an_engagement_that_cannot_exist_is_not_found(host: Devhost):
     )
     assert status == 400
     assert problem["detail"] == "client_id is required"
+
+
+@pytest.mark.parametrize(
+    "period",
+    [None, ["2026"], {"year": 2026}, True, "2026\u0000"],
+    ids=["null", "list", "object", "bool", "nul-char"],
+)
+def test_a_period_that_is_not_plain_text_is_a_400_and_opens_nothing(
+    host: Devhost, period: Any
+) -> None:
+    app = host.app
+    client_id = app.create_client("Engagement body client")
+    status, problem = app.call(
+        "POST",
+        "/api/engagements",
+        {"client_id": client_id, "engagement_type": "advisory_project", "period": period},
+    )
+    assert status == 400, problem
+    assert "period" in problem["detail"]
+    with psycopg.connect(app.database_url) as conn:
+        opened = conn.execute(
+            "SELECT count(*) FROM engagements WHERE client_id = %s", (client_id,)
+        ).fetchone()
+    assert opened == (0,)
+
+
+def test_a_close_of_a_month_no_calendar_has_is_a_400(host: Devhost) -> None:
+    app = host.app
+    client_id = app.create_client("Close year zero client")
+    status, problem = app.call("POST", f"/api/clients/{client_id}/closes/0000-01")
+    assert status == 400, problem
+    assert problem["detail"] == "period must be a month as YYYY-MM, such as 2026-11, not '0000-01'"

@@ -31,6 +31,17 @@ class TestPeriods:
         with pytest.raises(ValidationError, match="period must be a month as YYYY-MM"):
             month_end.period_bounds("2026-13")
 
+    @pytest.mark.parametrize(
+        "period", ["0000-01", "2026-11\n", "\u0662\u0660\u0662\u0666-11", "2026-1"]
+    )
+    def test_year_zero_other_digits_and_trailing_text_are_refused(self, period):
+        with pytest.raises(ValidationError, match="period must be a month as YYYY-MM"):
+            month_end.period_bounds(period)
+
+    def test_bounds_of_the_last_month_a_date_can_hold(self):
+        first, last = month_end.period_bounds("9999-12")
+        assert (first.isoformat(), last.isoformat()) == ("9999-12-01", "9999-12-31")
+
     def test_bounds_cover_the_whole_month(self):
         first, last = month_end.period_bounds("2028-02")
         assert (first.isoformat(), last.isoformat()) == ("2028-02-01", "2028-02-29")
