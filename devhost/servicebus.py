@@ -397,6 +397,10 @@ class BusDispatcher:
         error: Exception | None = None
         try:
             for message in batch.messages:
+                if keeper.done() and keeper.result():
+                    # The session's lock is lost: another receiver may hold the session
+                    # now, so the rest go back untried rather than run beside its work.
+                    break
                 invocation_id = new_invocation_id()
                 ran.append((message, invocation_id, time.monotonic()))
                 try:
@@ -436,8 +440,12 @@ class BusDispatcher:
 
     async def _keep_batch_lock(
         self, watch: BusWatch, source: LocalSource, batch: SessionBatch
-    ) -> None:
-        """Renew a batch's locks at half their duration until cancelled or the time is up."""
+    ) -> bool:
+        """Renew a batch's locks at half their duration until cancelled or the time is up.
+
+        Returns:
+            True when the session's lock was found lost.
+        """
         interval = watch.queue.lock_duration_s / 2
         until = time.monotonic() + self._settings.bus_max_lock_renewal_s
         while time.monotonic() + interval < until:
@@ -445,9 +453,10 @@ class BusDispatcher:
             try:
                 if not await source.renew_batch(batch):
                     log.warning("lost the lock on session %s", batch.session_id)
-                    return
+                    return True
             except Exception as exc:  # noqa: BLE001 - the next renewal may work
                 log.warning("renewing the lock failed: %s", exc)
+        return False
 
     def _report_failure(
         self, watch: BusWatch, message: ReceivedMessage, settled: str, exc: Exception

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 import azure.functions as func
 import azure.functions.servicebus
+import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
@@ -231,6 +232,58 @@ def _depth(broker: LocalBroker, queue: str):
 
 
 class TestLockRenewal:
+    def test_a_session_whose_lock_is_lost_runs_no_further_message_of_its_batch(
+        self, fixture_app, pg, loop_thread, calls, caplog
+    ):
+        caplog.set_level(logging.INFO, logger="devhost.invoke")
+        bus = Bus(fixture_app, pg, loop_thread, lock_duration_s=1)
+        session = f"lost-{uuid.uuid4().hex[:6]}"
+        bodies = [f"{session}:0:slow", f"{session}:1", f"{session}:2"]
+        started = lambda body: [  # noqa: E731
+            c for c in calls["bus_sessions"] if c["event"] == "start" and c["body"] == body
+        ]
+        try:
+            bus.broker.send(
+                "fx-sessions",
+                [OutboundMessage(b, body=b.encode(), session_id=session) for b in bodies],
+            )
+            wait_for(lambda: started(bodies[0]), what="the slow first message to start")
+            # Another receiver takes the session while the first message runs (1.5 s, and
+            # the lock is renewed every 0.5 s): the renewal finds the lock lost.
+            with psycopg.connect(pg.url, autocommit=True) as conn:
+                conn.execute(
+                    "UPDATE local_broker.sessions SET lock_token = gen_random_uuid(),"
+                    " locked_until = now() + interval '1 hour'"
+                    " WHERE queue = 'fx-sessions' AND session_id = %s",
+                    (session,),
+                )
+            wait_for(
+                lambda: any(getattr(r, "message_id", None) == bodies[0] for r in caplog.records),
+                what="the batch to be settled",
+            )
+            assert started(bodies[1]) == []
+            # The other receiver lets go: the rest run once each, in order.
+            with psycopg.connect(pg.url, autocommit=True) as conn:
+                conn.execute(
+                    "UPDATE local_broker.sessions SET locked_until = now() - interval '1 second'"
+                    " WHERE queue = 'fx-sessions' AND session_id = %s",
+                    (session,),
+                )
+            wait_for(
+                lambda: any(getattr(r, "message_id", None) == bodies[2] for r in caplog.records),
+                what="the rest of the session to run",
+            )
+        finally:
+            bus.close()
+        # The first message's own lock lapsed with the session's, so it may run again
+        # (at least once); the two behind it ran once each, after it, in order.
+        starts = [
+            c["body"]
+            for c in calls["bus_sessions"]
+            if c["session"] == session and c["event"] == "start"
+        ]
+        assert starts[-2:] == bodies[1:] and set(starts[:-2]) == {bodies[0]}, starts
+
     def test_a_function_outlasting_the_lock_keeps_it_and_completes(
         self, fixture_app, pg, loop_thread, calls, caplog
     ):

@@ -226,7 +226,7 @@ async def bus_failing(msg: func.ServiceBusMessage) -> None:
 )
 def bus_sessions(msg: func.ServiceBusMessage) -> None:
     record("bus_sessions", event="start", session=msg.session_id, body=msg.get_body().decode())
-    time.sleep(0.01)
+    time.sleep(1.5 if msg.get_body().endswith(b":slow") else 0.01)
     record("bus_sessions", event="end", session=msg.session_id, body=msg.get_body().decode())
 
 
