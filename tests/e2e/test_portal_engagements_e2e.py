@@ -1,11 +1,14 @@
 """An engagement driven through the portal API on the running host: an advisor with a bearer
 token starts it, rejects a review with a comment, approves both reviews, and the workflow
-goes on to invoicing; a client user is refused, and every decision is audited."""
+goes on to invoicing; a client user is refused, and every decision is audited. Decisions sent
+at once (a double click, or reviews of several engagements of one client) are each answered,
+with the host serving meanwhile."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -39,6 +42,9 @@ def host(tmp_path_factory: pytest.TempPathFactory, stripe_fake: FakeStripe) -> I
         ENGAGEMENT_REMINDER_INTERVAL_S="60",
         ENGAGEMENT_EVENT_RELAY_SCHEDULE="* * * * * *",
         DEVHOST_DURABLE_POLL_INTERVAL_S="0.05",
+        # Bounds how long a blocked statement could hold the host (the default is 600 s).
+        DB_STATEMENT_TIMEOUT_S="30",
+        DB_POOL_TIMEOUT_S="30",
     )
     devhost.start()
     try:
@@ -183,3 +189,77 @@ def test_an_advisor_runs_an_engagement_through_the_portal(host: Devhost) -> None
         ("engagement.invoiced", None, None),
     ]
     assert len(actors) == 1 and actors[0][0].startswith("user:")
+
+
+def test_a_double_click_on_a_review_is_one_202_and_one_409(host: Devhost) -> None:
+    app = host.app
+    client_id = app.create_client("Double click client")
+    advisor = _token(host, "advisor", client_id)
+    base = f"clients/{client_id}/engagements"
+    status, started = _portal(
+        app, advisor, base, {"engagement_type": "individual_tax_return", "period": "2026"}
+    )
+    assert status == 202, started
+    engagement_id = started["id"]
+    _wait_step(app, engagement_id, "collecting_documents")
+    for doc_class in ("w2", "1099-nec"):
+        _classified(app, client_id, doc_class)
+    _wait_step(app, engagement_id, "review:preparer_review")
+
+    review = f"{base}/{engagement_id}/review"
+    approve = {"step": "preparer_review", "decision": "approve"}
+    barrier = threading.Barrier(2)
+    results: list[tuple[int, Any]] = []
+
+    def click() -> None:
+        barrier.wait()
+        results.append(_portal(app, advisor, review, approve))
+
+    threads = [threading.Thread(target=click) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    # Meanwhile an unrelated request to the same host is served.
+    status, _ = app.call("GET", f"/api/engagements/{engagement_id}")
+    for thread in threads:
+        thread.join(timeout=120)
+
+    # A host whose loop waits on the chain lock ends both at the statement timeout: 503s.
+    assert (sorted(r[0] for r in results), status) == ([202, 409], 200), results
+
+
+def test_reviews_of_one_client_at_once_are_all_accepted(
+    host: Devhost,
+) -> None:
+    app = host.app
+    client_id = app.create_client("Many reviews client")
+    advisor = _token(host, "advisor", client_id)
+    base = f"clients/{client_id}/engagements"
+    ids = []
+    for period in ("2021", "2022", "2023", "2024", "2025", "2026", "2027", "2028"):
+        status, started = _portal(
+            app, advisor, base, {"engagement_type": "individual_tax_return", "period": period}
+        )
+        assert status == 202, started
+        ids.append(started["id"])
+    for engagement_id in ids:
+        _wait_step(app, engagement_id, "collecting_documents")
+    # Each classified document is told to every open engagement of the client.
+    for doc_class in ("w2", "1099-nec"):
+        _classified(app, client_id, doc_class)
+    for engagement_id in ids:
+        _wait_step(app, engagement_id, "review:preparer_review")
+
+    approve = {"step": "preparer_review", "decision": "approve"}
+    barrier = threading.Barrier(len(ids))
+    results: list[tuple[int, Any]] = []
+
+    def click(engagement_id: str) -> None:
+        barrier.wait()
+        results.append(_portal(app, advisor, f"{base}/{engagement_id}/review", approve))
+
+    threads = [threading.Thread(target=click, args=(i,)) for i in ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert [status for status, _ in results] == [202] * len(ids), results
