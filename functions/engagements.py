@@ -14,6 +14,7 @@ from typing import Any
 import azure.durable_functions as df
 import azure.functions as func
 
+from functions._durable import is_active, start_engagement_once
 from functions._http import from_error, json_response, parse_uuid, problem, route_uuid
 from shared.config import get_settings
 from shared.errors import AdvisorError, ValidationError
@@ -224,12 +225,7 @@ async def start_engagement(
         )
     except AdvisorError as exc:
         return from_error(exc)
-    existing = await client.get_status(engagement.instance_id)
-    created = existing is None or existing.runtime_status is None
-    if created:
-        await client.start_new(
-            engagements.ORCHESTRATOR, engagement.instance_id, {"engagement_id": str(engagement.id)}
-        )
+    created = await start_engagement_once(client, engagement)
     response = client.create_check_status_response(req, engagement.instance_id)
     payload = {**json.loads(response.get_body()), **engagement.to_json()}
     return json_response(payload, 202 if created else 200)
@@ -280,19 +276,14 @@ async def engagement_event(
     except AdvisorError as exc:
         return from_error(exc)
     status = await client.get_status(engagement.instance_id)
-    custom = status.custom_status if isinstance(status.custom_status, dict) else {}
-    waiting = custom.get("event")
-    running = status.runtime_status in (
-        df.OrchestrationRuntimeStatus.Running,
-        df.OrchestrationRuntimeStatus.Pending,
-    )
-    if not running or not waiting:
+    waiting = engagements.waiting_review(status.custom_status) if is_active(status) else None
+    if waiting is None:
         return problem(
             409, "Not in review", f"engagement {engagement.id} is not waiting for a review"
         )
     # The review being waited for, by its own event name: a second click finds the next
     # step's name or none, and never lingers to be taken for a later decision.
-    await client.raise_event(engagement.instance_id, str(waiting), body)
+    await client.raise_event(engagement.instance_id, waiting[1], body)
     return json_response({"accepted": True, **engagement.to_json()}, 202)
 
 
@@ -306,11 +297,7 @@ async def cancel_engagement(
         engagement = await _engagement(req)
     except AdvisorError as exc:
         return from_error(exc)
-    status = await client.get_status(engagement.instance_id)
-    if status.runtime_status in (
-        df.OrchestrationRuntimeStatus.Running,
-        df.OrchestrationRuntimeStatus.Pending,
-    ):
+    if is_active(await client.get_status(engagement.instance_id)):
         await client.terminate(engagement.instance_id, "cancelled by the firm")
     await asyncio.to_thread(engagements.set_status, engagement.id, "cancelled", ACTOR)
     return json_response({**engagement.to_json(), "status": "cancelled"})
@@ -347,10 +334,7 @@ async def _relay(
     """Raise one event; returns whether it is settled (raised, or dropped as undeliverable)."""
     try:
         status = await client.get_status(instance_id)
-        if status.runtime_status in (
-            df.OrchestrationRuntimeStatus.Running,
-            df.OrchestrationRuntimeStatus.Pending,
-        ):
+        if is_active(status):
             await client.raise_event(instance_id, name, payload)
             return True
     except Exception:  # the SDK client raises bare Exception; the next run retries

@@ -26,6 +26,7 @@ import pydantic
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from functions._durable import is_active, start_engagement_once
 from functions._http import json_response, problem
 from shared.adapters import postgres
 from shared.config import get_settings
@@ -490,7 +491,7 @@ async def start_engagement(call: WorkflowCall) -> BaseModel:
         )
     )
     # After the commit: the workflow's first step reads the row.
-    created = await _start_workflow(call.durable, engagement)
+    created = await start_engagement_once(call.durable, engagement)
     summary = await call.run(
         lambda conn: records.engagement_summary(conn, call.client_id, engagement.id)
     )
@@ -522,11 +523,7 @@ async def review_engagement(call: WorkflowCall) -> BaseModel:
         lambda conn: records.engagement_of(conn, call.client_id, call.params["engagement_id"])
     )
     status = await call.durable.get_status(engagement.instance_id)
-    running = status.runtime_status in (
-        df.OrchestrationRuntimeStatus.Running,
-        df.OrchestrationRuntimeStatus.Pending,
-    )
-    waiting = engagements.waiting_review(status.custom_status) if running else None
+    waiting = engagements.waiting_review(status.custom_status) if is_active(status) else None
     if waiting is None:
         raise Conflict(f"engagement {engagement.id} is not waiting for a review")
     step, event = waiting
@@ -549,28 +546,6 @@ async def review_engagement(call: WorkflowCall) -> BaseModel:
 
     await call.run(decide)
     return m.ReviewAccepted(engagement_id=engagement.id, step=step, decision=decision.decision)
-
-
-async def _start_workflow(
-    durable: df.DurableOrchestrationClient, engagement: engagements.Engagement
-) -> bool:
-    """Start the engagement's orchestration unless its instance exists; True when started."""
-    existing = await durable.get_status(engagement.instance_id)
-    if existing is not None and existing.runtime_status is not None:
-        return False
-    try:
-        await durable.start_new(
-            engagements.ORCHESTRATOR,
-            engagement.instance_id,
-            {"engagement_id": str(engagement.id)},
-        )
-    except Exception:  # the SDK refuses a start with a bare Exception
-        # A concurrent start of the same engagement won the race: the instance exists.
-        again = await durable.get_status(engagement.instance_id)
-        if again is None or again.runtime_status is None:
-            raise
-        return False
-    return True
 
 
 # -- Dispatch ------------------------------------------------------------------------------
