@@ -244,7 +244,7 @@ def apply_event(event: Mapping[str, Any]) -> ApplyOutcome:
 
     An event already applied is a no-op (``duplicate``). An event about an object not seen
     before is applied from its own payload. Types billing does not use are recorded and
-    answered ``ignored``.
+    answered ``ignored``. See ``apply_events`` for a session's events in one transaction.
 
     Raises:
         InvalidEvent: a field is missing or wrong (named); the message must dead-letter.
@@ -253,9 +253,96 @@ def apply_event(event: Mapping[str, Any]) -> ApplyOutcome:
             the billing accounts); the message must dead-letter.
         UpstreamError: the database failed; retrying may succeed.
     """
+    batch = apply_events([event])
+    if batch.error is not None:
+        raise batch.error
+    return batch.applied[0]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    """What applying a run of events did.
+
+    ``applied`` holds the outcomes of the first ``len(applied)`` events, all committed.
+    When an event failed, ``error`` is its error (as ``apply_event`` raises it): that event
+    and every one after it were not applied.
+    """
+
+    applied: tuple[ApplyOutcome, ...]
+    error: Exception | None = None
+
+
+class _Stopped(Exception):
+    """An event of a run failed; the run's transaction must roll back."""
+
+    def __init__(self, index: int, error: Exception) -> None:
+        super().__init__(str(error))
+        self.index = index
+        self.error = error
+
+
+def apply_events(events: Sequence[Any]) -> BatchOutcome:
+    """Apply a run of Stripe events in order, in one transaction, each as ``apply_event``
+    would; the events before a failing one are still applied, once.
+
+    One commit serves the whole run, and the books and chart of each Stripe account are
+    read once per run. When an event fails, the transaction is rolled back and the events
+    before it are applied again in a new one, so nothing of the failing event stays; the
+    events after it are left for the caller to deliver again.
+
+    Args:
+        events: decoded Stripe events, in the order their session delivered them.
+
+    Returns:
+        The outcomes of the events applied, and the error that stopped the run, if any.
+
+    Raises:
+        UpstreamError: the database failed; nothing of the run is known to be applied, and
+            applying it again is safe (every effect is keyed).
+    """
+    run = list(events)
+    error: Exception | None = None
+    while True:
+        try:
+            return BatchOutcome(_apply_run(run), error)
+        except _Stopped as stop:
+            run, error = run[: stop.index], stop.error
+
+
+def _apply_run(events: Sequence[Any]) -> tuple[ApplyOutcome, ...]:
+    if not events:
+        return ()
+    outcomes: list[ApplyOutcome] = []
+    counted: list[tuple[str, str, int]] = []
+    with postgres.transaction() as conn:
+        books: dict[str | None, _Books] = {}
+        for index, event in enumerate(events):
+            try:
+                outcome, account = _apply_one(conn, books, event)
+            except Exception as exc:
+                if isinstance(exc, psycopg.OperationalError):
+                    raise
+                raise _Stopped(index, exc) from exc
+            outcomes.append(outcome)
+            if outcome.postings:
+                counted.append((account, outcome.event_id, len(outcome.postings)))
+        if counted:
+            accounts, ids, counts = zip(*counted, strict=True)
+            conn.execute(
+                "UPDATE stripe_events e SET postings = u.n"
+                " FROM unnest(%s::text[], %s::text[], %s::int[]) AS u (account, id, n)"
+                " WHERE e.stripe_account_id = u.account AND e.event_id = u.id",
+                (list(accounts), list(ids), list(counts)),
+            )
+    return tuple(outcomes)
+
+
+def _apply_one(
+    conn: psycopg.Connection, books: dict[str | None, _Books], event: Any
+) -> tuple[ApplyOutcome, str]:
     envelope = _Envelope.parse(event)
     try:
-        return _apply(envelope)
+        return _apply(conn, books, envelope)
     except psycopg.errors.DataError as exc:
         # Text Postgres cannot hold (a NUL character) can never be stored: no retry helps.
         reason = exc.diag.message_primary or str(exc)
@@ -264,43 +351,57 @@ def apply_event(event: Mapping[str, Any]) -> ApplyOutcome:
         ) from None
 
 
-def _apply(envelope: _Envelope) -> ApplyOutcome:
-    with postgres.transaction() as conn:
-        account, firm_id, books = _books_for(conn, envelope)
-        # Events about one object apply one at a time, so that decisions taken on the
-        # merged mirror row see every earlier event's effect.
-        _lock(conn, _object_lock(account, envelope.object_id or envelope.id))
-        handler = _handler_for(envelope)
-        claimed = conn.execute(
-            "INSERT INTO stripe_events"
-            " (stripe_account_id, event_id, books_client_id, type, created, outcome)"
-            " VALUES (%s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (stripe_account_id, event_id) DO NOTHING RETURNING 1",
-            (
-                account,
-                envelope.id,
-                books,
-                envelope.type,
-                envelope.created,
-                "applied" if handler else "ignored",
-            ),
-        ).fetchone()
-        if claimed is None:
-            return ApplyOutcome("duplicate", envelope.id, envelope.type, books)
-        if handler is None:
-            return ApplyOutcome("ignored", envelope.id, envelope.type, books)
+@dataclass(frozen=True, slots=True)
+class _Books:
+    """The books a Stripe account's events post to, read once per run."""
 
-        work = _Work(
-            conn, envelope, account, firm_id, books, _account_ids(conn, books, envelope.id)
-        )
-        handler(work, _Fields(envelope.id, "data.object", envelope.obj))
-        if work.postings:
-            conn.execute(
-                "UPDATE stripe_events SET postings = %s"
-                " WHERE stripe_account_id = %s AND event_id = %s",
-                (len(work.postings), account, envelope.id),
-            )
-    return ApplyOutcome("applied", envelope.id, envelope.type, books, tuple(work.postings))
+    account: str
+    firm_id: uuid.UUID
+    client_id: uuid.UUID
+    accounts: Mapping[str, int] | None
+
+
+def _apply(
+    conn: psycopg.Connection, known: dict[str | None, _Books], envelope: _Envelope
+) -> tuple[ApplyOutcome, str]:
+    books = known.get(envelope.account)
+    if books is None:
+        books = known[envelope.account] = _books_for(conn, envelope)
+    account = books.account
+    handler = _handler_for(envelope)
+    # Events about one object apply one at a time (the lock is taken before the claim), so
+    # that decisions taken on the merged mirror row see every earlier event's effect.
+    claimed = conn.execute(
+        "INSERT INTO stripe_events"
+        " (stripe_account_id, event_id, books_client_id, type, created, outcome)"
+        " SELECT %s, %s, %s, %s, %s, %s"
+        " FROM (SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))) AS locked"
+        " ON CONFLICT (stripe_account_id, event_id) DO NOTHING RETURNING 1",
+        (
+            account,
+            envelope.id,
+            books.client_id,
+            envelope.type,
+            envelope.created,
+            "applied" if handler else "ignored",
+            _object_lock(account, envelope.object_id or envelope.id),
+        ),
+    ).fetchone()
+    if claimed is None:
+        return ApplyOutcome("duplicate", envelope.id, envelope.type, books.client_id), account
+    if handler is None:
+        return ApplyOutcome("ignored", envelope.id, envelope.type, books.client_id), account
+
+    if books.accounts is None:
+        chart = _account_ids(conn, books.client_id, envelope.id)
+        books = known[envelope.account] = _Books(account, books.firm_id, books.client_id, chart)
+    assert books.accounts is not None
+    work = _Work(conn, envelope, account, books.firm_id, books.client_id, books.accounts)
+    handler(work, _Fields(envelope.id, "data.object", envelope.obj))
+    outcome = ApplyOutcome(
+        "applied", envelope.id, envelope.type, books.client_id, tuple(work.postings)
+    )
+    return outcome, account
 
 
 def stripe_amount_to_minor(amount: int, currency: str) -> int:
@@ -514,21 +615,7 @@ class _Work:
             "data": json.dumps(fields.raw),
             **columns,
         }
-        names = list(values)
-        query = sql.SQL(
-            "INSERT INTO {table} AS t ({cols}) VALUES ({vals})"
-            " ON CONFLICT (books_client_id, stripe_id) DO UPDATE SET {sets}, updated_at = now()"
-            " WHERE (EXCLUDED.status_rank, EXCLUDED.snapshot_at, EXCLUDED.snapshot_event)"
-            " > (t.status_rank, t.snapshot_at, t.snapshot_event)"
-            " RETURNING 1"
-        ).format(
-            table=sql.Identifier(table),
-            cols=sql.SQL(", ").join(map(sql.Identifier, names)),
-            vals=sql.SQL(", ").join(sql.Placeholder() * len(names)),
-            sets=sql.SQL(", ").join(
-                sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(name)) for name in names[2:]
-            ),
-        )
+        query = _upsert_query(table, tuple(values))
         return self.conn.execute(query, list(values.values())).fetchone() is not None
 
     def lock(self, stripe_id: str) -> None:
@@ -558,21 +645,32 @@ class _Work:
         kept = [line for line in lines if line[1] != 0]
         if not kept:
             return
-        entry = self._insert_entry(key, booked_on, reference, memo, None)
-        if entry is None:
-            return
-        self.conn.execute(
-            "INSERT INTO journal_lines (entry_id, client_id, account_id, amount_minor, currency)"
-            " SELECT %s, %s, a, m, c"
-            " FROM unnest(%s::bigint[], %s::bigint[], %s::text[]) AS u (a, m, c)",
-            (
-                entry,
-                self.books,
-                [self.accounts[code] for code, _, _ in kept],
-                [amount for _, amount, _ in kept],
-                [currency for _, _, currency in kept],
-            ),
-        )
+        # The entry and its lines go in one statement; a key already taken writes neither.
+        posted = self.conn.execute(
+            "WITH entry AS ("
+            " INSERT INTO journal_entries"
+            " (client_id, booked_on, reference, memo, source, dedupe_key)"
+            " VALUES (%(books)s, %(on)s, %(ref)s, %(memo)s, 'stripe', %(key)s)"
+            " ON CONFLICT (client_id, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING"
+            " RETURNING id), lines AS ("
+            " INSERT INTO journal_lines (entry_id, client_id, account_id, amount_minor, currency)"
+            " SELECT entry.id, %(books)s, a, m, c FROM entry,"
+            " unnest(%(accounts)s::bigint[], %(amounts)s::bigint[], %(currencies)s::text[])"
+            " AS u (a, m, c))"
+            " SELECT id FROM entry",
+            {
+                "books": self.books,
+                "on": booked_on,
+                "ref": reference,
+                "memo": memo,
+                "key": key,
+                "accounts": [self.accounts[code] for code, _, _ in kept],
+                "amounts": [amount for _, amount, _ in kept],
+                "currencies": [currency for _, _, currency in kept],
+            },
+        ).fetchone()
+        if posted is not None:
+            self.postings.append(key)
 
     def reverse(self, key: str, original_key: str, booked_on: date, memo: str) -> None:
         """Post the reversal of the entry ``original_key`` under ``key``, once."""
@@ -606,6 +704,32 @@ class _Work:
         return int(row[0])
 
 
+_UPSERT_QUERIES: dict[tuple[str, tuple[str, ...]], str] = {}
+
+
+def _upsert_query(table: str, names: tuple[str, ...]) -> str:
+    """The mirror upsert of ``table`` for these columns, composed once per process."""
+    query = _UPSERT_QUERIES.get((table, names))
+    if query is None:
+        composed = sql.SQL(
+            "INSERT INTO {table} AS t ({cols}) VALUES ({vals})"
+            " ON CONFLICT (books_client_id, stripe_id) DO UPDATE SET {sets}, updated_at = now()"
+            " WHERE (EXCLUDED.status_rank, EXCLUDED.snapshot_at, EXCLUDED.snapshot_event)"
+            " > (t.status_rank, t.snapshot_at, t.snapshot_event)"
+            " RETURNING 1"
+        ).format(
+            table=sql.Identifier(table),
+            cols=sql.SQL(", ").join(map(sql.Identifier, names)),
+            vals=sql.SQL(", ").join(sql.Placeholder() * len(names)),
+            sets=sql.SQL(", ").join(
+                sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(name)) for name in names[2:]
+            ),
+        )
+        # Identifiers are quoted without a connection's help: they are plain ASCII names.
+        query = _UPSERT_QUERIES[(table, names)] = composed.as_string(None)
+    return query
+
+
 def _object_lock(account: str, stripe_id: str) -> str:
     return f"stripe:{account}:{stripe_id}"
 
@@ -614,7 +738,7 @@ def _lock(conn: psycopg.Connection, name: str) -> None:
     conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (name,))
 
 
-def _books_for(conn: psycopg.Connection, envelope: _Envelope) -> tuple[str, uuid.UUID, uuid.UUID]:
+def _books_for(conn: psycopg.Connection, envelope: _Envelope) -> _Books:
     account = envelope.account or get_settings().stripe_account_id
     if account is None:
         raise UnlinkedAccount(
@@ -633,7 +757,7 @@ def _books_for(conn: psycopg.Connection, envelope: _Envelope) -> tuple[str, uuid
             f"event {envelope.id}: Stripe account {account} is not linked to a firm; "
             f"link it (billing.link_stripe_account(firm_id, {account!r})) and replay the message",
         )
-    return account, row[0], row[1]
+    return _Books(account, row[0], row[1], None)
 
 
 def _account_ids(conn: psycopg.Connection, books: uuid.UUID, event_id: str) -> dict[str, int]:
@@ -814,30 +938,25 @@ def _replace_invoice_lines(
         "DELETE FROM stripe_invoice_lines WHERE books_client_id = %s AND invoice_id = %s",
         (work.books, invoice_id),
     )
-    with work.conn.cursor() as cur:
-        cur.executemany(
-            "INSERT INTO stripe_invoice_lines (books_client_id, invoice_id, line_id, position,"
-            " kind, description, currency, amount_minor, subscription, price, period_start,"
-            " period_end) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT DO NOTHING",
-            [
-                (
-                    work.books,
-                    invoice_id,
-                    line["line_id"],
-                    position,
-                    line["kind"],
-                    line["description"],
-                    currency,
-                    line["amount_minor"],
-                    line["subscription"],
-                    line["price"],
-                    line["period_start"],
-                    line["period_end"],
-                )
-                for position, line in enumerate(lines)
-            ],
-        )
+    if not lines:
+        return
+    columns = ("line_id", "kind", "description", "amount_minor", "subscription", "price")
+    work.conn.execute(
+        "INSERT INTO stripe_invoice_lines (books_client_id, invoice_id, currency, position,"
+        " line_id, kind, description, amount_minor, subscription, price, period_start,"
+        " period_end) SELECT %s, %s, %s, u.* FROM unnest(%s::int[], %s::text[], %s::text[],"
+        " %s::text[], %s::bigint[], %s::text[], %s::text[], %s::timestamptz[],"
+        " %s::timestamptz[]) AS u ON CONFLICT DO NOTHING",
+        [
+            work.books,
+            invoice_id,
+            currency,
+            list(range(len(lines))),
+            *([line[name] for line in lines] for name in columns),
+            [line["period_start"] for line in lines],
+            [line["period_end"] for line in lines],
+        ],
+    )
 
 
 def _payment_intent(work: _Work, obj: _Fields) -> None:
