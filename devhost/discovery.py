@@ -201,11 +201,8 @@ def _unserved_reason(
 ) -> str | None:
     if trigger_type not in SERVED_TRIGGERS:
         return f"{trigger_type} is not served by devhost yet"
-    if trigger_type == SERVICE_BUS_TRIGGER:
-        if trigger.get("topicName"):
-            return "Service Bus topic subscriptions are not served by devhost yet"
-        if str(trigger.get("cardinality") or "one").lower() != "one":
-            return "Service Bus batches (cardinality many) are not served by devhost yet"
+    if trigger_type == SERVICE_BUS_TRIGGER and trigger.get("topicName"):
+        return "Service Bus topic subscriptions are not served by devhost yet"
     others = [b for b in bindings if b.get("name") != trigger.get("name")]
     if trigger_type == HTTP_TRIGGER:
         others = [

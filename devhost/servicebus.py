@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from collections.abc import Coroutine, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -58,6 +58,11 @@ class BusWatch:
     spec: FunctionSpec
     queue: QueueSpec
     connection: str | None
+
+    @property
+    def batched(self) -> bool:
+        """True when the function takes a list of messages (``cardinality="many"``)."""
+        return str(self.spec.trigger.get("cardinality") or "one").lower() == "many"
 
 
 def bus_watches(specs: list[FunctionSpec], environ: Mapping[str, str]) -> list[BusWatch]:
@@ -117,6 +122,42 @@ def functions_message(message: ReceivedMessage) -> func.ServiceBusMessage:
     )
     assert isinstance(decoded, func.ServiceBusMessage)
     return decoded
+
+
+@dataclass(frozen=True, slots=True)
+class _Collection:
+    """A collection datum's value, in the shape of the worker's protobuf message."""
+
+    bytes: list[bytes]
+
+
+def functions_messages(messages: list[ReceivedMessage]) -> list[func.ServiceBusMessage]:
+    """The list of ``func.ServiceBusMessage`` the Python worker builds for a batch (a
+    function with ``cardinality="many"``), from the per-message arrays the host sends."""
+    columns: dict[str, list[Any]] = {
+        "MessageId": [m.message_id for m in messages],
+        "DeliveryCount": [m.delivery_count for m in messages],
+        "SequenceNumber": [m.sequence_number for m in messages],
+        "EnqueuedTimeUtc": [_utc_text(m.enqueued_time) for m in messages],
+        "ExpiresAtUtc": [_utc_text(m.expires_at) for m in messages],
+        "LockedUntil": [_utc_text(m.locked_until) for m in messages],
+        "LockToken": [m.lock_token for m in messages],
+        "ApplicationProperties": [dict(m.application_properties) for m in messages],
+        "UserProperties": [dict(m.application_properties) for m in messages],
+        "SessionId": [m.session_id for m in messages],
+        "ContentType": [m.content_type for m in messages],
+        "Subject": [m.subject for m in messages],
+        "Label": [m.subject for m in messages],
+        "ScheduledEnqueueTimeUtc": [
+            _utc_text(m.scheduled_enqueue_time) if m.scheduled_enqueue_time else None
+            for m in messages
+        ],
+    }
+    metadata = {f"{name}Array": meta.Datum(json.dumps(v), "json") for name, v in columns.items()}
+    bodies = meta.Datum(_Collection([m.body for m in messages]), "collection_bytes")
+    decoded = ServiceBusMessageInConverter.decode(bodies, trigger_metadata=metadata)
+    assert isinstance(decoded, list)
+    return list(decoded)
 
 
 def _utc_text(moment: datetime) -> str:
@@ -362,7 +403,7 @@ class BusDispatcher:
         try:
             await self._invoker.call(
                 watch.spec,
-                functions_message(message),
+                _trigger_value(watch, [message]),
                 invocation_id=invocation_id,
                 retry_count=message.delivery_count - 1,
                 max_retry_count=watch.queue.max_delivery_count - 1,
@@ -388,43 +429,25 @@ class BusDispatcher:
     async def _process_batch(
         self, watch: BusWatch, source: LocalSource, batch: SessionBatch
     ) -> None:
-        # The session's messages run one after another, in order; the first failure ends
-        # the batch, and the messages behind it go back untried.
+        # A function that takes lists gets the session's batch in one call. Otherwise, and
+        # when that call fails, the messages run one after another (``_run_in_turn``).
         keeper = asyncio.create_task(self._keep_batch_lock(watch, source, batch))
-        ran: list[tuple[ReceivedMessage, str, float]] = []
-        completed: list[str] = []
-        failed: tuple[str, str, float] | None = None
-        error: Exception | None = None
+        run = _Run()
         try:
-            for message in batch.messages:
-                if keeper.done() and keeper.result():
-                    # The session's lock is lost: another receiver may hold the session
-                    # now, so the rest go back untried rather than run beside its work.
-                    break
-                invocation_id = new_invocation_id()
-                ran.append((message, invocation_id, time.monotonic()))
-                try:
-                    await self._invoker.call(
-                        watch.spec,
-                        functions_message(message),
-                        invocation_id=invocation_id,
-                        retry_count=message.delivery_count - 1,
-                        max_retry_count=watch.queue.max_delivery_count - 1,
-                    )
-                except asyncio.CancelledError:
-                    # The host is stopping: give the message back for the next start.
-                    failed = (message.lock_token, "the host stopped", 0.0)
-                    raise
-                except Exception as exc:  # noqa: BLE001 - the app's failure settles it
-                    reason = f"{type(exc).__name__}: {exc}"
-                    failed = (message.lock_token, reason, self._backoff(message.delivery_count))
-                    error = exc
-                    break
-                completed.append(message.lock_token)
+            whole = watch.batched and len(batch.messages) > 1
+            if whole and await self._call_batch(watch, batch):
+                run.completed = [m.lock_token for m in batch.messages]
+            else:
+                await self._run_in_turn(watch, batch, keeper, run)
+        except asyncio.CancelledError:
+            # The host is stopping: give the batch back for the next start.
+            if run.failed is None and not run.completed:
+                run.failed = (batch.messages[0].lock_token, "the host stopped", 0.0)
+            raise
         finally:
             keeper.cancel()
-            settled = await asyncio.shield(source.settle_batch(batch, completed, failed))
-        for message, invocation_id, started in ran:
+            settled = await asyncio.shield(source.settle_batch(batch, run.completed, run.failed))
+        for message, invocation_id, started in run.ran:
             fields: dict[str, Any] = {
                 "queue": watch.queue.name,
                 "message_id": message.message_id,
@@ -432,11 +455,81 @@ class BusDispatcher:
                 "session_id": message.session_id,
                 "settled": settled.get(message.lock_token, "lost"),
             }
-            if error is not None and failed is not None and failed[0] == message.lock_token:
+            failed = run.failed is not None and run.failed[0] == message.lock_token
+            if run.error is not None and failed:
                 log_invocation(watch.spec, invocation_id, started, "failed", failed=True, **fields)
-                self._report_failure(watch, message, fields["settled"], error)
+                self._report_failure(watch, message, fields["settled"], run.error)
             else:
                 log_invocation(watch.spec, invocation_id, started, "ok", **fields)
+
+    async def _run_in_turn(
+        self, watch: BusWatch, batch: SessionBatch, keeper: asyncio.Task[bool], run: _Run
+    ) -> None:
+        """Invoke the function once per message of the batch, in order, noting each in
+        ``run``; the first failure ends the batch, and the messages behind it go back
+        untried."""
+        for message in batch.messages:
+            if keeper.done() and keeper.result():
+                # The session's lock is lost: another receiver may hold the session now,
+                # so the rest go back untried rather than run beside its work.
+                return
+            invocation_id = new_invocation_id()
+            run.ran.append((message, invocation_id, time.monotonic()))
+            try:
+                await self._invoker.call(
+                    watch.spec,
+                    _trigger_value(watch, [message]),
+                    invocation_id=invocation_id,
+                    retry_count=message.delivery_count - 1,
+                    max_retry_count=watch.queue.max_delivery_count - 1,
+                )
+            except asyncio.CancelledError:
+                run.failed = (message.lock_token, "the host stopped", 0.0)
+                raise
+            except Exception as exc:  # noqa: BLE001 - the app's failure settles it
+                reason = f"{type(exc).__name__}: {exc}"
+                run.failed = (message.lock_token, reason, self._backoff(message.delivery_count))
+                run.error = exc
+                return
+            run.completed.append(message.lock_token)
+
+    async def _call_batch(self, watch: BusWatch, batch: SessionBatch) -> bool:
+        """Invoke a batched function with a session's whole batch; True when it succeeded.
+
+        Limitation: the Functions host abandons a failed batch whole; the devhost instead
+        tries its messages again one at a time (``_process_batch``), so that each is settled
+        by its own outcome. A function must therefore take a message it applied before
+        as a no-op, as it must under any redelivery.
+        """
+        invocation_id = new_invocation_id()
+        started = time.monotonic()
+        first = batch.messages[0]
+        fields: dict[str, Any] = {
+            "queue": watch.queue.name,
+            "message_id": first.message_id,
+            "message_count": len(batch.messages),
+            "delivery_count": max(m.delivery_count for m in batch.messages),
+            "session_id": batch.session_id,
+        }
+        try:
+            await self._invoker.call(
+                watch.spec,
+                functions_messages(batch.messages),
+                invocation_id=invocation_id,
+                retry_count=first.delivery_count - 1,
+                max_retry_count=watch.queue.max_delivery_count - 1,
+            )
+        except Exception as exc:  # noqa: BLE001 - the messages are tried one at a time next
+            log_invocation(watch.spec, invocation_id, started, "failed", failed=True, **fields)
+            log.warning(
+                "function failed on a batch of %s messages; trying them one at a time: %s",
+                len(batch.messages),
+                exc,
+                extra={"function": watch.spec.name, "queue": watch.queue.name},
+            )
+            return False
+        log_invocation(watch.spec, invocation_id, started, "ok", **fields)
+        return True
 
     async def _keep_batch_lock(
         self, watch: BusWatch, source: LocalSource, batch: SessionBatch
@@ -501,6 +594,26 @@ class BusDispatcher:
                     return
             except Exception as exc:  # noqa: BLE001 - the next renewal may work
                 log.warning("renewing the lock failed: %s", exc)
+
+
+@dataclass
+class _Run:
+    """What became of a batch's messages: those invoked (with their invocation id and start
+    time), the lock tokens to complete, and the one failure with its error."""
+
+    ran: list[tuple[ReceivedMessage, str, float]] = field(default_factory=list)
+    completed: list[str] = field(default_factory=list)
+    failed: tuple[str, str, float] | None = None
+    error: Exception | None = None
+
+
+def _trigger_value(
+    watch: BusWatch, messages: list[ReceivedMessage]
+) -> func.ServiceBusMessage | list[func.ServiceBusMessage]:
+    if watch.batched:
+        return functions_messages(messages)
+    (message,) = messages
+    return functions_message(message)
 
 
 async def _pause(stop: asyncio.Event, seconds: float) -> None:

@@ -1,5 +1,5 @@
-"""Billing consumer: each Stripe event from the ``stripe-events`` queue, applied to the billing
-mirror and the firm's ledger.
+"""Billing consumer: the Stripe events of the ``stripe-events`` queue, a session's batch at a
+time, applied to the billing mirror and the firm's ledger.
 """
 
 from __future__ import annotations
@@ -20,60 +20,81 @@ billing_bp = func.Blueprint()  # type: ignore[no-untyped-call]
 
 
 @billing_bp.service_bus_queue_trigger(
-    arg_name="msg",
+    arg_name="msgs",
     queue_name=STRIPE_EVENTS_QUEUE,
     connection=SERVICE_BUS_CONNECTION,
     is_sessions_enabled=True,
+    cardinality=func.Cardinality.MANY,
 )
-def stripe_event_received(msg: func.ServiceBusMessage) -> None:
-    """Apply one Stripe event, once.
+def stripe_events_received(msgs: list[func.ServiceBusMessage]) -> None:
+    """Apply a batch of one session's Stripe events, in order, each once.
 
-    A malformed event or one for an unlinked account raises ``EventRejected``: the message
-    is retried, then dead-lettered with the error's text, which says what a person must fix.
-    Any other failure (the database) is retried the same way.
+    The events before a failing one are applied and committed; then the function raises
+    that event's error, so the batch is given back. Delivered again, the events already
+    applied are duplicates and change nothing. A malformed event or one for an unlinked
+    account raises ``EventRejected``, whose text says what a person must fix; any other
+    failure (the database) is retried the same way.
     """
-    # Limitation: the trigger cannot dead-letter a message itself, so a rejected event is
-    # tried max_delivery_count times (10) before Service Bus dead-letters it.
+    # Limitation: the trigger cannot settle a message itself, so a rejected event is tried
+    # max_delivery_count times (10) before Service Bus dead-letters it; and the Functions
+    # host abandons a failed batch whole, so there the events behind a rejected one are
+    # dead-lettered beside it (already applied; resubmitting them changes nothing). The
+    # devhost tries a failed batch again one message at a time, and dead-letters it alone.
+    events: list[Any] = []
+    undecodable: billing.EventRejected | None = None
+    for msg in msgs:
+        try:
+            events.append(_decode(msg))
+        except billing.EventRejected as exc:
+            undecodable = exc
+            break
+    with telemetry.consumer_batch_span(
+        "billing.apply_stripe_events",
+        [_traceparent(msg) for msg in msgs],
+        {"messaging.batch.message_count": len(msgs)},
+    ) as trace_id:
+        batch = billing.apply_events(events)
+    for outcome in batch.applied:
+        log.info(
+            "stripe event %s %s: %s, %s posting(s)",
+            outcome.event_id,
+            outcome.event_type,
+            outcome.status,
+            len(outcome.postings),
+            extra={
+                "event_id": outcome.event_id,
+                "event_type": outcome.event_type,
+                "outcome": outcome.status,
+                "client_id": str(outcome.books_client_id),
+                "trace_id": trace_id,
+            },
+        )
+    error = batch.error or undecodable
+    if error is None:
+        return
+    failed = msgs[len(batch.applied)]
+    fields = {"event_id": failed.message_id or "", "event_type": failed.subject or ""}
+    if isinstance(error, billing.EventRejected):
+        log.error(
+            "stripe event %s rejected: %s",
+            error.event_id,
+            error,
+            extra={**fields, "outcome": "rejected", "trace_id": trace_id},
+        )
+    else:
+        log.warning(
+            "stripe event %s failed, will retry: %s",
+            fields["event_id"],
+            error,
+            extra={**fields, "outcome": "retry", "trace_id": trace_id},
+        )
+    raise error
+
+
+def _traceparent(msg: func.ServiceBusMessage) -> str | None:
     properties: dict[str, Any] = dict(msg.application_properties or {})
     traceparent = properties.get("traceparent")
-    fields = {"event_id": msg.message_id or "", "event_type": msg.subject or ""}
-    with telemetry.consumer_span(
-        "billing.apply_stripe_event",
-        traceparent if isinstance(traceparent, str) else None,
-        {"messaging.message.id": fields["event_id"], "stripe.event_type": fields["event_type"]},
-    ) as trace_id:
-        try:
-            outcome = billing.apply_event(_decode(msg))
-        except billing.EventRejected as exc:
-            log.error(
-                "stripe event %s rejected: %s",
-                exc.event_id,
-                exc,
-                extra={**fields, "outcome": "rejected", "trace_id": trace_id},
-            )
-            raise
-        except Exception as exc:
-            log.warning(
-                "stripe event %s failed, will retry: %s",
-                fields["event_id"],
-                exc,
-                extra={**fields, "outcome": "retry", "trace_id": trace_id},
-            )
-            raise
-    log.info(
-        "stripe event %s %s: %s, %s posting(s)",
-        outcome.event_id,
-        outcome.event_type,
-        outcome.status,
-        len(outcome.postings),
-        extra={
-            "event_id": outcome.event_id,
-            "event_type": outcome.event_type,
-            "outcome": outcome.status,
-            "client_id": str(outcome.books_client_id),
-            "trace_id": trace_id,
-        },
-    )
+    return traceparent if isinstance(traceparent, str) else None
 
 
 def _decode(msg: func.ServiceBusMessage) -> Any:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -184,6 +184,36 @@ def consumer_span(
     tracer = trace.get_tracer("advisoros")
     with tracer.start_as_current_span(
         name, context=extract(carrier), kind=trace.SpanKind.CONSUMER, attributes=dict(attributes)
+    ) as span:
+        context = span.get_span_context()
+        yield format(context.trace_id, "032x") if context.trace_id else None
+
+
+@contextmanager
+def consumer_batch_span(
+    name: str, traceparents: Sequence[str | None], attributes: Mapping[str, str | int]
+) -> Iterator[str | None]:
+    """Run a block as the one span of a batch of messages; yield its trace id, for log lines.
+
+    The span continues the trace of the batch's first message (a batch of one is one trace
+    from producer to consumer, as ``consumer_span`` makes it) and links to the span of every
+    message that names one, as OpenTelemetry's messaging conventions have batch receivers do.
+    """
+    links = []
+    for traceparent in traceparents:
+        if traceparent:
+            linked = trace.get_current_span(extract({"traceparent": traceparent}))
+            if linked.get_span_context().is_valid:
+                links.append(trace.Link(linked.get_span_context()))
+    first = traceparents[0] if traceparents else None
+    carrier = {"traceparent": first} if first else {}
+    tracer = trace.get_tracer("advisoros")
+    with tracer.start_as_current_span(
+        name,
+        context=extract(carrier),
+        kind=trace.SpanKind.CONSUMER,
+        attributes=dict(attributes),
+        links=links,
     ) as span:
         context = span.get_span_context()
         yield format(context.trace_id, "032x") if context.trace_id else None

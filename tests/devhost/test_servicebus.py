@@ -227,6 +227,74 @@ class TestDispatch:
         assert most >= 2
 
 
+class TestBatches:
+    def test_a_batched_function_gets_a_sessions_messages_in_one_call_in_order(self, bus, calls):
+        session = f"batch-{uuid.uuid4().hex[:6]}"
+        bodies = [f"{session}:{i}" for i in range(5)]
+        bus.broker.send(
+            "fx-batches",
+            [OutboundMessage(b, body=b.encode(), session_id=session, subject="s") for b in bodies],
+        )
+        wait_for(
+            lambda: (
+                not _depth(bus.broker, "fx-batches").active
+                and not _depth(bus.broker, "fx-batches").locked
+            ),
+            what="the batch to be completed",
+        )
+        [call] = [c for c in calls["bus_batches"] if c["bodies"][0].startswith(session)]
+        assert call["bodies"] == bodies
+        messages = call["messages"]
+        assert all(isinstance(m, azure.functions.servicebus.ServiceBusMessage) for m in messages)
+        assert [m.message_id for m in messages] == bodies
+        assert {m.session_id for m in messages} == {session}
+        assert [m.delivery_count for m in messages] == [1] * 5
+        assert [m.subject for m in messages] == ["s"] * 5
+        assert [m.sequence_number for m in messages] == sorted(m.sequence_number for m in messages)
+        assert all(m.locked_until > m.enqueued_time_utc for m in messages)
+
+    def test_a_poison_message_in_a_batch_is_dead_lettered_alone(self, bus, calls):
+        session = f"poison-{uuid.uuid4().hex[:6]}"
+        bodies = [f"{session}:0", f"{session}:1", f"{session}:2:poison", f"{session}:3"]
+        bus.broker.send(
+            "fx-batches",
+            [OutboundMessage(b, body=b.encode(), session_id=session) for b in bodies],
+        )
+        wait_for(
+            lambda: any(
+                d.message_id == bodies[2] for d in bus.broker.peek_dead_letters("fx-batches", 100)
+            ),
+            what="the poison message to be dead-lettered",
+        )
+        wait_for(
+            lambda: (
+                not _depth(bus.broker, "fx-batches").active
+                and not _depth(bus.broker, "fx-batches").locked
+            ),
+            what="the rest of the session to be completed",
+        )
+        # Only the poison message is dead-lettered, with its own error.
+        dead = [
+            d for d in bus.broker.peek_dead_letters("fx-batches", 100) if session in d.message_id
+        ]
+        assert [(d.message_id, d.delivery_count) for d in dead] == [(bodies[2], 10)]
+        assert dead[0].dead_letter_description == (
+            "Message could not be consumed after 10 delivery attempts. "
+            f"Last error: ValueError: cannot apply {bodies[2]}"
+        )
+        # Every other message took effect once, the one behind the poison one after it.
+        applied = [c["body"] for c in calls["applied"] if c["body"].startswith(session)]
+        assert applied == [bodies[0], bodies[1], bodies[3]]
+        # The failed batch was tried again one message at a time: the two before the poison
+        # message completed then; each later delivery of the poison message (with the one
+        # behind it) failed the same way; the one behind ran alone once it was dead-lettered.
+        seen = [c["bodies"] for c in calls["bus_batches"] if c["bodies"][0].startswith(session)]
+        assert seen[:4] == [bodies, [bodies[0]], [bodies[1]], [bodies[2]]]
+        assert seen[-1] == [bodies[3]]
+        assert all(b in ([bodies[2], bodies[3]], [bodies[2]]) for b in seen[4:-1])
+        assert sum(1 for b in seen if b == [bodies[2]]) == 10
+
+
 def _depth(broker: LocalBroker, queue: str):
     return next(d for d in broker.depths() if d.queue == queue)
 

@@ -21,10 +21,12 @@ TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
 
 
-def _function() -> tuple[Callable[[ServiceBusMessage], None], dict[str, Any]]:
+def _function() -> tuple[Callable[[list[ServiceBusMessage]], None], dict[str, Any]]:
     app = func.FunctionApp()
     app.register_functions(billing_bp)
-    (found,) = [f for f in app.get_functions() if f.get_function_name() == "stripe_event_received"]
+    (found,) = [
+        f for f in app.get_functions() if f.get_function_name() == "stripe_events_received"
+    ]
     return found.get_user_function(), json.loads(found.get_function_json())
 
 
@@ -59,13 +61,14 @@ def _records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.name == "functions.billing"]
 
 
-def test_trigger_is_the_sessionful_stripe_events_queue() -> None:
+def test_trigger_is_the_sessionful_stripe_events_queue_in_batches() -> None:
     _, definition = _function()
     (binding,) = definition["bindings"]
     assert binding["type"] == "serviceBusTrigger"
     assert binding["queueName"] == STRIPE_EVENTS_QUEUE
     assert binding["connection"] == "ServiceBusConnection"
     assert binding["isSessionsEnabled"] is True
+    assert binding["cardinality"].lower() == "many"
 
 
 def test_message_is_applied_once_with_one_log_line_each(
@@ -75,8 +78,8 @@ def test_message_is_applied_once_with_one_log_line_each(
     event = {**se.load("srm__charge.succeeded.json"), "account": account}
     caplog.set_level(logging.INFO, logger="functions.billing")
 
-    handler(message(event))
-    handler(message(event))
+    handler([message(event)])
+    handler([message(event)])
 
     first, second = _records(caplog)
     assert (first.event_id, first.event_type, first.outcome) == (  # type: ignore[attr-defined]
@@ -103,7 +106,7 @@ def test_body_that_is_not_json_is_rejected_for_dead_lettering(
     with pytest.raises(
         billing.InvalidEvent, match=r"^event evt_broken: field \(body\) is not JSON$"
     ):
-        handler(message(b"{not json", message_id="evt_broken"))
+        handler([message(b"{not json", message_id="evt_broken")])
 
     (record,) = _records(caplog)
     assert record.levelno == logging.ERROR
@@ -118,7 +121,7 @@ def test_event_of_an_unlinked_account_is_rejected_with_what_to_do(
     caplog.set_level(logging.INFO, logger="functions.billing")
 
     with pytest.raises(billing.UnlinkedAccount, match="acct_unlinked0001 is not linked to a firm"):
-        handler(message(event))
+        handler([message(event)])
 
     (record,) = _records(caplog)
     assert record.levelno == logging.ERROR

@@ -153,13 +153,13 @@ def test_a_stripe_event_is_one_trace_from_request_to_ledger(
     assert queue == STRIPE_EVENTS_QUEUE
 
     # The consumer gets the message the host would deliver.
-    _handler("billing", "stripe_event_received")(_delivered(message))
+    _handler("billing", "stripe_events_received")([_delivered(message)])
 
     found = list(spans.get_finished_spans())
     assert {s.context.trace_id for s in found} == {TRACE_ID}
     request = _by_name(found, "POST /api/webhooks/stripe")
     publish = _by_name(found, f"{STRIPE_EVENTS_QUEUE} publish")
-    consumer = _by_name(found, "billing.apply_stripe_event")
+    consumer = _by_name(found, "billing.apply_stripe_events")
 
     # The request continues the host's span; the send and the consumer hang off the request.
     assert _parent_id(request) == HOST_SPAN_ID
@@ -187,13 +187,13 @@ def test_the_consumer_posted_what_the_traced_event_says(
 ) -> None:
     assert _post(event).status_code == 200
     ((_, message),) = sender.sent
-    _handler("billing", "stripe_event_received")(_delivered(message))
+    _handler("billing", "stripe_events_received")([_delivered(message)])
 
-    consumer = [s for s in spans.get_finished_spans() if s.name == "billing.apply_stripe_event"]
-    assert consumer[-1].attributes == {
-        "messaging.message.id": json.loads(event)["id"],
-        "stripe.event_type": "charge.succeeded",
-    }
+    consumer = [s for s in spans.get_finished_spans() if s.name == "billing.apply_stripe_events"]
+    assert consumer[-1].attributes == {"messaging.batch.message_count": 1}
+    # The batch's span links to the span that sent each of its messages.
+    sent_by = message.application_properties["traceparent"].split("-")[2]
+    assert [f"{link.context.span_id:016x}" for link in consumer[-1].links] == [sent_by]
     balances = {
         (line.code, line.currency): line.balance_minor for line in ledger.trial_balance(books[1])
     }

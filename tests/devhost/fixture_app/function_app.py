@@ -230,6 +230,26 @@ def bus_sessions(msg: func.ServiceBusMessage) -> None:
     record("bus_sessions", event="end", session=msg.session_id, body=msg.get_body().decode())
 
 
+@app.service_bus_queue_trigger(
+    arg_name="msgs",
+    queue_name="fx-batches",
+    connection="FxServiceBus",
+    is_sessions_enabled=True,
+    cardinality=func.Cardinality.MANY,
+)
+def bus_batches(msgs: list[func.ServiceBusMessage]) -> None:
+    # As billing does: the messages before a poison one take effect (``applied``, once per
+    # message id), then the call fails with the poison message's error.
+    record("bus_batches", bodies=[m.get_body().decode() for m in msgs], messages=msgs)
+    for msg in msgs:
+        body = msg.get_body().decode()
+        if body.endswith(":poison"):
+            raise ValueError(f"cannot apply {body}")
+        with _LOCK:
+            if not any(c["body"] == body for c in CALLS["applied"]):
+                CALLS["applied"].append({"body": body})
+
+
 @app.service_bus_queue_trigger(arg_name="msg", queue_name="fx-slow", connection="FxServiceBus")
 def bus_slow(msg: func.ServiceBusMessage) -> None:
     record("bus_slow", **_message(msg))
