@@ -12,6 +12,7 @@ mirror row is merged, under a lock on the object.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -281,14 +282,20 @@ class _Stopped(Exception):
         self.error = error
 
 
+class _Unattributed(Exception):
+    """A statement failed while the run was pipelined, so which event it was is unknown."""
+
+
 def apply_events(events: Sequence[Any]) -> BatchOutcome:
     """Apply a run of Stripe events in order, in one transaction, each as ``apply_event``
     would; the events before a failing one are still applied, once.
 
-    One commit serves the whole run, and the books and chart of each Stripe account are
-    read once per run. When an event fails, the transaction is rolled back and the events
-    before it are applied again in a new one, so nothing of the failing event stays; the
-    events after it are left for the caller to deliver again.
+    One commit serves the whole run, the books and chart of each Stripe account are read
+    once per run, and the statements are pipelined: they go to the server without waiting
+    for each other's answers, except where an answer decides what comes next. When an
+    event fails, the transaction is rolled back and the events before it are applied again
+    in a new one, so nothing of the failing event stays; the events after it are left for
+    the caller to deliver again.
 
     Args:
         events: decoded Stripe events, in the order their session delivered them.
@@ -299,109 +306,165 @@ def apply_events(events: Sequence[Any]) -> BatchOutcome:
     Raises:
         UpstreamError: the database failed; nothing of the run is known to be applied, and
             applying it again is safe (every effect is keyed).
+        psycopg.Error: the run failed as it committed (an unbalanced entry); apply its events
+            one at a time to find which.
     """
     run = list(events)
     error: Exception | None = None
+    pipelined = True
     while True:
         try:
-            return BatchOutcome(_apply_run(run), error)
+            return BatchOutcome(_apply_run(run, pipelined=pipelined), error)
         except _Stopped as stop:
             run, error = run[: stop.index], stop.error
+        except _Unattributed:
+            # Run it again statement by statement: a failing statement then names its event.
+            pipelined = False
 
 
-def _apply_run(events: Sequence[Any]) -> tuple[ApplyOutcome, ...]:
+def _apply_run(events: Sequence[Any], *, pipelined: bool) -> tuple[ApplyOutcome, ...]:
     if not events:
         return ()
+    envelopes = []
+    for index, event in enumerate(events):
+        try:
+            envelopes.append(_Envelope.parse(event))
+        except InvalidEvent as exc:
+            raise _Stopped(index, exc) from exc
+    with (
+        postgres.transaction() as conn,
+        conn.pipeline() if pipelined else contextlib.nullcontext(),
+    ):
+        try:
+            return _apply_envelopes(conn, envelopes, pipelined)
+        except psycopg.Error as exc:
+            if pipelined and not isinstance(exc, psycopg.OperationalError):
+                raise _Unattributed() from exc
+            raise
+
+
+def _apply_envelopes(
+    conn: psycopg.Connection, envelopes: Sequence[_Envelope], pipelined: bool
+) -> tuple[ApplyOutcome, ...]:
+    # Every event is claimed first (with its object's lock): pipelined, that is one round
+    # trip for the whole run, and the claims say which events are new.
+    known: dict[str | None, _Books] = {}
+    claims: list[tuple[_Books, psycopg.Cursor[Any]]] = []
+    for index, envelope in enumerate(envelopes):
+        with _event_errors(index, envelope, pipelined):
+            books = known.get(envelope.account)
+            if books is None:
+                books = known[envelope.account] = _books_for(conn, envelope)
+            claims.append((books, _claim(conn, books, envelope)))
+
+    # Every claim's answer is read before any event's work is sent, so the reads wait for
+    # the claims alone.
+    new: list[bool] = []
+    for index, (envelope, (_, claim)) in enumerate(zip(envelopes, claims, strict=True)):
+        with _event_errors(index, envelope, pipelined):
+            new.append(claim.fetchone() is not None)
+
+    works: list[_Work | ApplyOutcome] = []
+    for index, (envelope, (books, _)) in enumerate(zip(envelopes, claims, strict=True)):
+        with _event_errors(index, envelope, pipelined):
+            works.append(_apply(conn, books, envelope, new[index]))
+
+    # The postings' answers are read once every event's statements are sent.
     outcomes: list[ApplyOutcome] = []
     counted: list[tuple[str, str, int]] = []
-    with postgres.transaction() as conn:
-        books: dict[str | None, _Books] = {}
-        for index, event in enumerate(events):
-            try:
-                outcome, account = _apply_one(conn, books, event)
-            except Exception as exc:
-                if isinstance(exc, psycopg.OperationalError):
-                    raise
-                raise _Stopped(index, exc) from exc
-            outcomes.append(outcome)
-            if outcome.postings:
-                counted.append((account, outcome.event_id, len(outcome.postings)))
-        if counted:
-            accounts, ids, counts = zip(*counted, strict=True)
-            conn.execute(
-                "UPDATE stripe_events e SET postings = u.n"
-                " FROM unnest(%s::text[], %s::text[], %s::int[]) AS u (account, id, n)"
-                " WHERE e.stripe_account_id = u.account AND e.event_id = u.id",
-                (list(accounts), list(ids), list(counts)),
-            )
+    for index, (envelope, work) in enumerate(zip(envelopes, works, strict=True)):
+        if isinstance(work, ApplyOutcome):
+            outcomes.append(work)
+            continue
+        with _event_errors(index, envelope, pipelined):
+            postings = work.posted()
+        outcomes.append(ApplyOutcome("applied", envelope.id, envelope.type, work.books, postings))
+        if postings:
+            counted.append((work.account, envelope.id, len(postings)))
+    if counted:
+        accounts, ids, counts = zip(*counted, strict=True)
+        conn.execute(
+            "UPDATE stripe_events e SET postings = u.n"
+            " FROM unnest(%s::text[], %s::text[], %s::int[]) AS u (account, id, n)"
+            " WHERE e.stripe_account_id = u.account AND e.event_id = u.id",
+            (list(accounts), list(ids), list(counts)),
+        )
     return tuple(outcomes)
 
 
-def _apply_one(
-    conn: psycopg.Connection, books: dict[str | None, _Books], event: Any
-) -> tuple[ApplyOutcome, str]:
-    envelope = _Envelope.parse(event)
+@contextlib.contextmanager
+def _event_errors(index: int, envelope: _Envelope, pipelined: bool) -> Iterator[None]:
+    """Turn a failure while applying the run's event ``index`` into ``_Stopped``."""
     try:
-        return _apply(conn, books, envelope)
-    except psycopg.errors.DataError as exc:
-        # Text Postgres cannot hold (a NUL character) can never be stored: no retry helps.
-        reason = exc.diag.message_primary or str(exc)
-        raise EventRejected(
-            envelope.id, f"event {envelope.id} holds data the database cannot store: {reason}"
-        ) from None
+        yield
+    except psycopg.Error as exc:
+        if pipelined or isinstance(exc, psycopg.OperationalError):
+            raise
+        if isinstance(exc, psycopg.errors.DataError):
+            # Text Postgres cannot hold (a NUL character) can never be stored: no retry helps.
+            reason = exc.diag.message_primary or str(exc)
+            rejected = EventRejected(
+                envelope.id, f"event {envelope.id} holds data the database cannot store: {reason}"
+            )
+            raise _Stopped(index, rejected) from None
+        raise _Stopped(index, exc) from exc
+    except Exception as exc:
+        raise _Stopped(index, exc) from exc
 
 
 @dataclass(frozen=True, slots=True)
 class _Books:
-    """The books a Stripe account's events post to, read once per run."""
+    """The books a Stripe account's events post to, and their chart, read once per run."""
 
     account: str
     firm_id: uuid.UUID
     client_id: uuid.UUID
-    accounts: Mapping[str, int] | None
+    accounts: Mapping[str, int]
 
 
-def _apply(
-    conn: psycopg.Connection, known: dict[str | None, _Books], envelope: _Envelope
-) -> tuple[ApplyOutcome, str]:
-    books = known.get(envelope.account)
-    if books is None:
-        books = known[envelope.account] = _books_for(conn, envelope)
-    account = books.account
-    handler = _handler_for(envelope)
-    # Events about one object apply one at a time (the lock is taken before the claim), so
-    # that decisions taken on the merged mirror row see every earlier event's effect.
-    claimed = conn.execute(
+def _claim(conn: psycopg.Connection, books: _Books, envelope: _Envelope) -> psycopg.Cursor[Any]:
+    """Record the event as seen unless it was; the cursor answers a row when it is new.
+
+    Events about one object apply one at a time (the lock is taken before the claim), so
+    that decisions taken on the merged mirror row see every earlier event's effect.
+    """
+    return conn.execute(
         "INSERT INTO stripe_events"
         " (stripe_account_id, event_id, books_client_id, type, created, outcome)"
         " SELECT %s, %s, %s, %s, %s, %s"
         " FROM (SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))) AS locked"
         " ON CONFLICT (stripe_account_id, event_id) DO NOTHING RETURNING 1",
         (
-            account,
+            books.account,
             envelope.id,
             books.client_id,
             envelope.type,
             envelope.created,
-            "applied" if handler else "ignored",
-            _object_lock(account, envelope.object_id or envelope.id),
+            "applied" if _handler_for(envelope) else "ignored",
+            _object_lock(books.account, envelope.object_id or envelope.id),
         ),
-    ).fetchone()
-    if claimed is None:
-        return ApplyOutcome("duplicate", envelope.id, envelope.type, books.client_id), account
-    if handler is None:
-        return ApplyOutcome("ignored", envelope.id, envelope.type, books.client_id), account
-
-    if books.accounts is None:
-        chart = _account_ids(conn, books.client_id, envelope.id)
-        books = known[envelope.account] = _Books(account, books.firm_id, books.client_id, chart)
-    assert books.accounts is not None
-    work = _Work(conn, envelope, account, books.firm_id, books.client_id, books.accounts)
-    handler(work, _Fields(envelope.id, "data.object", envelope.obj))
-    outcome = ApplyOutcome(
-        "applied", envelope.id, envelope.type, books.client_id, tuple(work.postings)
     )
-    return outcome, account
+
+
+def _apply(
+    conn: psycopg.Connection, books: _Books, envelope: _Envelope, claimed: bool
+) -> _Work | ApplyOutcome:
+    """Apply one claimed event; its outcome, or its work when postings are still unread."""
+    handler = _handler_for(envelope)
+    if not claimed:
+        return ApplyOutcome("duplicate", envelope.id, envelope.type, books.client_id)
+    if handler is None:
+        return ApplyOutcome("ignored", envelope.id, envelope.type, books.client_id)
+    if not books.accounts.keys() >= set(_POSTING_ACCOUNTS):
+        missing = [code for code in _POSTING_ACCOUNTS if code not in books.accounts]
+        raise EventRejected(
+            envelope.id,
+            f"event {envelope.id}: the books {books.client_id} lack the billing account(s) "
+            f"{', '.join(missing)} (see clients.BILLING_CHART); add them and replay the message",
+        )
+    work = _Work(conn, envelope, books.account, books.firm_id, books.client_id, books.accounts)
+    handler(work, _Fields(envelope.id, "data.object", envelope.obj))
+    return work
 
 
 def stripe_amount_to_minor(amount: int, currency: str) -> int:
@@ -599,12 +662,23 @@ class _Work:
     firm_id: uuid.UUID
     books: uuid.UUID
     accounts: Mapping[str, int]
-    postings: list[str] = field(default_factory=list)
+    # The postings tried, in order: each key with the cursor that answers whether the entry
+    # was new (read once the run's statements are sent), or True when already known.
+    postings: list[tuple[str, psycopg.Cursor[Any] | bool]] = field(default_factory=list)
+
+    def posted(self) -> tuple[str, ...]:
+        """The keys of the entries this event posted (the others were in the ledger)."""
+        return tuple(
+            key
+            for key, answer in self.postings
+            if (answer if isinstance(answer, bool) else answer.fetchone() is not None)
+        )
 
     def upsert(
         self, table: str, stripe_id: str, status: tuple[str, int], fields: _Fields, **columns: Any
-    ) -> bool:
-        """Store this snapshot unless the stored one ranks higher; True when it was stored."""
+    ) -> None:
+        """Store this snapshot unless the stored one ranks higher (``snapshot_event`` then
+        names this event)."""
         values = {
             "books_client_id": self.books,
             "stripe_id": stripe_id,
@@ -615,8 +689,7 @@ class _Work:
             "data": json.dumps(fields.raw),
             **columns,
         }
-        query = _upsert_query(table, tuple(values))
-        return self.conn.execute(query, list(values.values())).fetchone() is not None
+        self.conn.execute(_upsert_query(table, tuple(values)), list(values.values()))
 
     def lock(self, stripe_id: str) -> None:
         """Hold the object's lock (as its own events take it) until the transaction ends."""
@@ -646,7 +719,7 @@ class _Work:
         if not kept:
             return
         # The entry and its lines go in one statement; a key already taken writes neither.
-        posted = self.conn.execute(
+        answer = self.conn.execute(
             "WITH entry AS ("
             " INSERT INTO journal_entries"
             " (client_id, booked_on, reference, memo, source, dedupe_key)"
@@ -668,9 +741,8 @@ class _Work:
                 "amounts": [amount for _, amount, _ in kept],
                 "currencies": [currency for _, _, currency in kept],
             },
-        ).fetchone()
-        if posted is not None:
-            self.postings.append(key)
+        )
+        self.postings.append((key, answer))
 
     def reverse(self, key: str, original_key: str, booked_on: date, memo: str) -> None:
         """Post the reversal of the entry ``original_key`` under ``key``, once."""
@@ -700,7 +772,7 @@ class _Work:
         ).fetchone()
         if row is None:
             return None
-        self.postings.append(key)
+        self.postings.append((key, True))
         return int(row[0])
 
 
@@ -716,7 +788,6 @@ def _upsert_query(table: str, names: tuple[str, ...]) -> str:
             " ON CONFLICT (books_client_id, stripe_id) DO UPDATE SET {sets}, updated_at = now()"
             " WHERE (EXCLUDED.status_rank, EXCLUDED.snapshot_at, EXCLUDED.snapshot_event)"
             " > (t.status_rank, t.snapshot_at, t.snapshot_event)"
-            " RETURNING 1"
         ).format(
             table=sql.Identifier(table),
             cols=sql.SQL(", ").join(map(sql.Identifier, names)),
@@ -747,34 +818,20 @@ def _books_for(conn: psycopg.Connection, envelope: _Envelope) -> _Books:
             "set it to the deployment's own account, link that account to its firm, "
             "and replay the message",
         )
-    row = conn.execute(
-        "SELECT firm_id, books_client_id FROM stripe_accounts WHERE stripe_account_id = %s",
-        (account,),
-    ).fetchone()
-    if row is None:
+    rows = conn.execute(
+        "SELECT s.firm_id, s.books_client_id, a.code, a.id FROM stripe_accounts s"
+        " LEFT JOIN accounts a ON a.client_id = s.books_client_id AND a.code = ANY(%s)"
+        " WHERE s.stripe_account_id = %s",
+        (list(_POSTING_ACCOUNTS), account),
+    ).fetchall()
+    if not rows:
         raise UnlinkedAccount(
             envelope.id,
             f"event {envelope.id}: Stripe account {account} is not linked to a firm; "
             f"link it (billing.link_stripe_account(firm_id, {account!r})) and replay the message",
         )
-    return _Books(account, row[0], row[1], None)
-
-
-def _account_ids(conn: psycopg.Connection, books: uuid.UUID, event_id: str) -> dict[str, int]:
-    found: dict[str, int] = dict(
-        conn.execute(
-            "SELECT code, id FROM accounts WHERE client_id = %s AND code = ANY(%s)",
-            (books, list(_POSTING_ACCOUNTS)),
-        ).fetchall()
-    )
-    missing = [code for code in _POSTING_ACCOUNTS if code not in found]
-    if missing:
-        raise EventRejected(
-            event_id,
-            f"event {event_id}: the books {books} lack the billing account(s) "
-            f"{', '.join(missing)} (see clients.BILLING_CHART); add them and replay the message",
-        )
-    return {str(code): int(account) for code, account in found.items()}
+    chart = {str(code): int(found) for _, _, code, found in rows if code is not None}
+    return _Books(account, rows[0][0], rows[0][1], chart)
 
 
 def _handler_for(envelope: _Envelope) -> Callable[[_Work, _Fields], None] | None:
@@ -854,7 +911,7 @@ def _invoice(work: _Work, obj: _Fields) -> None:
     total = obj.amount("total", currency)
     tax = _invoice_tax(obj, currency)
     lines = [_invoice_line(line, currency) for line in obj.items("lines")]
-    stored = work.upsert(
+    work.upsert(
         "stripe_invoices",
         invoice_id,
         (status, STATUS_RANKS["invoice"].get(status, 0)),
@@ -868,8 +925,7 @@ def _invoice(work: _Work, obj: _Fields) -> None:
         amount_due_minor=obj.amount("amount_due", currency, default=total),
         amount_paid_minor=obj.amount("amount_paid", currency, default=0),
     )
-    if stored:
-        _replace_invoice_lines(work, invoice_id, currency, lines)
+    _replace_invoice_lines(work, invoice_id, currency, lines)
     if status == "paid":
         # An engagement waiting for this invoice is told in this same transaction.
         engagements.notify_invoice_paid(invoice_id, work.conn)
@@ -932,30 +988,40 @@ def _invoice_line(line: _Fields, currency: str) -> dict[str, Any]:
 def _replace_invoice_lines(
     work: _Work, invoice_id: str, currency: str, lines: list[dict[str, Any]]
 ) -> None:
+    """Replace the mirror's lines of an invoice when this event's snapshot was stored."""
     # Limitation: an event carries an invoice's first lines only (``has_more``); the
     # mirror holds those. Postings use the invoice totals and are not affected.
+    stored = (
+        "EXISTS (SELECT 1 FROM stripe_invoices WHERE books_client_id = %(books)s"
+        " AND stripe_id = %(invoice)s AND snapshot_event = %(event)s)"
+    )
+    columns = ("line_id", "kind", "description", "amount_minor", "subscription", "price")
+    values = {name: [line[name] for line in lines] for name in columns}
     work.conn.execute(
-        "DELETE FROM stripe_invoice_lines WHERE books_client_id = %s AND invoice_id = %s",
-        (work.books, invoice_id),
+        "DELETE FROM stripe_invoice_lines"
+        f" WHERE books_client_id = %(books)s AND invoice_id = %(invoice)s AND {stored}",
+        {"books": work.books, "invoice": invoice_id, "event": work.event.id},
     )
     if not lines:
         return
-    columns = ("line_id", "kind", "description", "amount_minor", "subscription", "price")
     work.conn.execute(
         "INSERT INTO stripe_invoice_lines (books_client_id, invoice_id, currency, position,"
         " line_id, kind, description, amount_minor, subscription, price, period_start,"
-        " period_end) SELECT %s, %s, %s, u.* FROM unnest(%s::int[], %s::text[], %s::text[],"
-        " %s::text[], %s::bigint[], %s::text[], %s::text[], %s::timestamptz[],"
-        " %s::timestamptz[]) AS u ON CONFLICT DO NOTHING",
-        [
-            work.books,
-            invoice_id,
-            currency,
-            list(range(len(lines))),
-            *([line[name] for line in lines] for name in columns),
-            [line["period_start"] for line in lines],
-            [line["period_end"] for line in lines],
-        ],
+        " period_end) SELECT %(books)s, %(invoice)s, %(currency)s, u.*"
+        " FROM unnest(%(position)s::int[], %(line_id)s::text[], %(kind)s::text[],"
+        " %(description)s::text[], %(amount_minor)s::bigint[], %(subscription)s::text[],"
+        " %(price)s::text[], %(period_start)s::timestamptz[], %(period_end)s::timestamptz[])"
+        f" AS u WHERE {stored} ON CONFLICT DO NOTHING",
+        {
+            "books": work.books,
+            "invoice": invoice_id,
+            "event": work.event.id,
+            "currency": currency,
+            "position": list(range(len(lines))),
+            **values,
+            "period_start": [line["period_start"] for line in lines],
+            "period_end": [line["period_end"] for line in lines],
+        },
     )
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from shared.config import get_settings
 from shared.domain.money import Money
-from shared.errors import Conflict, NotFound, ValidationError
+from shared.errors import Conflict, NotFound, UpstreamError, ValidationError
 from shared.services import billing, clients, ledger
 from tests.services import stripe_events as se
 
@@ -911,3 +911,149 @@ def test_refund_failing_while_its_charge_event_applies_is_reversed(
 
     # Six sales of 300, every refund sent and returned.
     assert balances(books) == {("1200", USD): 1800, ("4000", USD): -1800}
+
+
+# -- Runs of events in one transaction --------------------------------------------------------
+
+
+def _books_pair(stream_options: dict[str, int]) -> tuple[tuple[str, uuid.UUID], ...]:
+    """Two fresh accounts with their books: one for the run under test, one applied in order
+    event by event, to compare with."""
+    pair = []
+    for name in ("Run", "In order"):
+        stripe_account = f"acct_{uuid.uuid4().hex[:16]}"
+        pair.append(
+            (
+                stripe_account,
+                billing.link_stripe_account(clients.create_firm(name), stripe_account),
+            )
+        )
+    _apply_all(se.generate(pair[1][0], **stream_options))
+    return tuple(pair)
+
+
+def _same_books(services: dict[str, str], books: uuid.UUID, reference: uuid.UUID) -> None:
+    assert balances(books) == balances(reference)
+    entries = "SELECT count(*) FROM journal_entries WHERE client_id = %s"
+    assert count(services, entries, books) == count(services, entries, reference)
+    for table in MIRRORS:
+        assert mirror(services, table, books) == mirror(services, table, reference)
+
+
+def test_shuffled_stream_with_duplicates_in_runs_gives_the_in_order_ledger(
+    services: dict[str, str],
+) -> None:
+    (run_account, run_books), (_, reference) = _books_pair({"customers": 10, "events": 400})
+    stream = se.generate(run_account, customers=10, events=400)
+    rng = random.Random(5)
+    shuffled = stream + [copy.deepcopy(e) for e in rng.sample(stream, 100)]
+    rng.shuffle(shuffled)
+
+    outcomes = []
+    for start in range(0, len(shuffled), 32):
+        run = billing.apply_events(shuffled[start : start + 32])
+        assert run.error is None
+        outcomes.extend(run.applied)
+
+    assert len(outcomes) == 500
+    assert sum(o.status == "duplicate" for o in outcomes) == 100
+    _same_books(services, run_books, reference)
+    # Each event's row counts the postings it made, and they are the ledger's entries.
+    assert count(
+        services,
+        "SELECT coalesce(sum(postings), 0) FROM stripe_events WHERE books_client_id = %s",
+        run_books,
+    ) == count(services, "SELECT count(*) FROM journal_entries WHERE client_id = %s", run_books)
+
+
+def test_a_poison_event_stops_its_run_and_the_events_before_it_are_applied_once(
+    services: dict[str, str], account: str
+) -> None:
+    books = books_of(services, account)
+    paid = {**corpus("srm__invoice.paid.json", account), "id": "evt_paid"}
+    charge = {**corpus("srm__charge.succeeded.json", account), "id": "evt_charge"}
+    poison = {**copy.deepcopy(charge), "id": "evt_poison"}
+    poison["data"]["object"]["currency"] = "xyz"
+    behind = {**corpus("srm__customer.created.json", account), "id": "evt_behind"}
+    recorded = "SELECT count(*) FROM stripe_events WHERE books_client_id = %s"
+
+    run = billing.apply_events([paid, charge, poison, behind])
+
+    assert [(o.event_id, o.status) for o in run.applied] == [
+        (paid["id"], "applied"),
+        (charge["id"], "applied"),
+    ]
+    assert isinstance(run.error, billing.InvalidEvent)
+    assert str(run.error) == (
+        "event evt_poison: field data.object.currency must be an ISO 4217 currency code with"
+        " minor units, got 'xyz'"
+    )
+    # The poison event and the one behind it left nothing; the two before it are in.
+    assert count(services, recorded, books) == 2
+    assert balances(books) == {("1100", USD): 2000, ("1200", USD): 2000, ("4000", USD): -4000}
+
+    # Delivered again from the poison event: it fails alone, again; once it is gone (dead-
+    # lettered), the one behind it applies; the two before it, delivered again, change nothing.
+    again = billing.apply_events([poison, behind])
+    assert (again.applied, type(again.error)) == ((), billing.InvalidEvent)
+    assert billing.apply_events([behind]).applied[0].status == "applied"
+    redelivered = billing.apply_events([paid, charge])
+    assert [o.status for o in redelivered.applied] == ["duplicate", "duplicate"]
+    assert count(services, recorded, books) == 3
+    assert balances(books) == {("1100", USD): 2000, ("1200", USD): 2000, ("4000", USD): -4000}
+
+
+def test_text_the_database_cannot_store_stops_a_run_at_its_event(
+    services: dict[str, str], account: str
+) -> None:
+    """The database refuses the statement, not Python: the run is applied again statement by
+    statement to find which event it was."""
+    books = books_of(services, account)
+    before = {**corpus("srm__invoice.paid.json", account), "id": "evt_before"}
+    bad = {**corpus("srm__customer.created.json", account), "id": "evt_nul"}
+    bad["data"]["object"]["name"] = "Null\x00byte"
+    behind = {**corpus("srm__charge.succeeded.json", account), "id": "evt_behind"}
+
+    run = billing.apply_events([before, bad, behind])
+
+    assert [o.event_id for o in run.applied] == [before["id"]]
+    assert isinstance(run.error, billing.EventRejected)
+    assert str(run.error).startswith(f"event {bad['id']} holds data the database cannot store: ")
+    assert (
+        count(services, "SELECT count(*) FROM stripe_events WHERE books_client_id = %s", books)
+        == 1
+    )
+    assert balances(books) == {("1100", USD): 2000, ("4000", USD): -2000}
+
+
+def test_a_run_cut_by_a_crash_and_delivered_again_posts_each_effect_once(
+    services: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (run_account, run_books), (_, reference) = _books_pair({"customers": 3, "events": 120})
+    stream = se.generate(run_account, customers=3, events=120)
+    assert billing.apply_events(stream[:40]).error is None
+
+    # The next run's connection dies at its third charge, halfway through the run.
+    charges = 0
+    apply_charge = billing._HANDLERS["charge"]
+
+    def crash(work: Any, obj: Any) -> None:
+        nonlocal charges
+        charges += 1
+        if charges == 3:
+            work.conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        apply_charge(work, obj)
+
+    monkeypatch.setitem(billing._HANDLERS, "charge", crash)  # type: ignore[arg-type]
+    with pytest.raises(UpstreamError, match="the database is unavailable"):
+        billing.apply_events(stream[40:])
+    monkeypatch.undo()
+    recorded = "SELECT count(*) FROM stripe_events WHERE books_client_id = %s"
+    assert count(services, recorded, run_books) == 40
+
+    # Everything delivered again: what was committed is a duplicate, the rest applies once.
+    again = billing.apply_events(stream)
+    assert again.error is None
+    assert [o.status for o in again.applied[:40]] == ["duplicate"] * 40
+    assert {o.status for o in again.applied[40:]} <= {"applied", "ignored"}
+    _same_books(services, run_books, reference)
