@@ -3,6 +3,10 @@ run`` over HTTP, beside the same server answering its liveness probe (the ceilin
 billing consumer applying the same events from the local broker meanwhile, in one run.
 
     python -m bench.webhooks_bench [--events 20000] [--connections 50] [--rate 500]
+        [--alone-events 10000]
+
+The consumer is measured twice: while the intake runs (and in the drain after it), and
+alone, on events queued while the host was stopped and applied after it starts again.
 
 The load generator runs in its own process, so that it does not share the server's
 interpreter. Figures are rates and ratios against the in-run ceiling: the machine is shared.
@@ -188,20 +192,33 @@ def scalar(database_url: str, sql: str, *params: Any) -> Any:
     return row[0] if row else None
 
 
-def wait_applied(database_url: str, expected: int, until: float) -> tuple[int, float]:
-    """Wait until ``expected`` events of the benchmark account are recorded, or the wall
-    clock reaches ``until``; how many were recorded, and when."""
-    while True:
-        done = int(
-            scalar(
-                database_url,
-                "SELECT count(*) FROM stripe_events WHERE stripe_account_id = %s",
-                ACCOUNT,
-            )
+def applied_count(database_url: str, account: str = ACCOUNT) -> int:
+    """Events of ``account`` the consumer has recorded (applied, ignored) so far."""
+    return int(
+        scalar(
+            database_url,
+            "SELECT count(*) FROM stripe_events WHERE stripe_account_id = %s",
+            account,
         )
+    )
+
+
+def wait_applied(
+    database_url: str, expected: int, until: float, account: str = ACCOUNT
+) -> tuple[int, float]:
+    """Wait until ``expected`` events of ``account`` are recorded, or the wall clock reaches
+    ``until``; how many were recorded, and when."""
+    while True:
+        done = applied_count(database_url, account)
         if done >= expected or time.time() >= until:
             return done, time.time()
         time.sleep(0.1)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a running process so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- The run ----------------------------------------------------------------------------------
@@ -248,6 +265,12 @@ def main() -> None:
         default=600.0,
         help="seconds from the first event sent that the consumer gets to apply them all",
     )
+    parser.add_argument(
+        "--alone-events",
+        type=int,
+        default=10_000,
+        help="events queued while the host is stopped, for the consumer's figure alone (0: none)",
+    )
     options = parser.parse_args()
 
     from devhost import services as local
@@ -289,8 +312,10 @@ def run(options: argparse.Namespace, work: Path, env: dict[str, str], database_u
         ceiling = run_load([*live, "--count", str(options.events), *common])
         stripe = ["--url", f"{base}/webhooks/stripe", "--events-file", str(events_file)]
         intake = run_load([*stripe, "--count", str(options.events), *common])
+        during_intake = applied_count(database_url)
         window = ["--start", str(options.events), "--count", str(paced)]
         paced_run = run_load([*stripe, *window, "--rate", str(options.rate), *common])
+        intake_done, intake_done_at = applied_count(database_url), time.time()
         applied, applied_at = wait_applied(
             database_url, options.events + paced, intake["first_send"] + options.apply_budget
         )
@@ -299,6 +324,9 @@ def run(options: argparse.Namespace, work: Path, env: dict[str, str], database_u
         raise
     finally:
         stop_devhost(devhost)
+    alone = (
+        consumer_alone(options, work, env, database_url, port) if options.alone_events else None
+    )
 
     accepted = intake["accepted"] + paced_run["accepted"]
     print(f"{options.events + paced:,} generated Stripe events, {mean_size:,.0f} bytes on average")
@@ -317,10 +345,23 @@ def run(options: argparse.Namespace, work: Path, env: dict[str, str], database_u
             f" {ok / result['seconds']:>8,.0f} {result['p50_ms']:>7.1f} {result['p99_ms']:>7.1f}"
         )
     applied_seconds = applied_at - intake["first_send"]
-    print(
-        f"{'billing: first enqueue to last applied':<44} {applied:>9,} {'':>7}"
-        f" {applied_seconds:>8.2f} {applied / applied_seconds:>8,.0f}"
-    )
+    drained = applied - intake_done
+    drain_seconds = max(applied_at - intake_done_at, 1e-9)
+    consumer_rows = [
+        ("billing: during the saturating intake", during_intake, intake["seconds"]),
+        ("billing: draining after the intake", drained, drain_seconds),
+        ("billing: first enqueue to last applied", applied, applied_seconds),
+    ]
+    if alone is not None:
+        consumer_rows.append(
+            (
+                f"billing alone: {alone['events']:,} queued, host restarted",
+                alone["applied"],
+                alone["seconds"],
+            )
+        )
+    for label, count, seconds in consumer_rows:
+        print(f"{label:<44} {count:>9,} {'':>7} {seconds:>8.2f} {count / seconds:>8,.0f}")
 
     # What the database says about the accepted events.
     ids = list(accepted)
@@ -378,6 +419,75 @@ def run(options: argparse.Namespace, work: Path, env: dict[str, str], database_u
         f" journal entries {entries:,} for {postings:,} postings; dead letters {dead:,}"
         "   (target: equal, 0 dead)"
     )
+    if alone is not None:
+        alone_rate = alone["applied"] / alone["seconds"]
+        print(
+            f"billing applied/s alone        {alone_rate:8,.0f}   (target >= "
+            f"{TARGET_APPLIED_PER_S:,.0f}; host CPU {alone['cpu_ms_per_event']:.2f} ms per event)"
+        )
+        print(
+            f"billing alone, duplicates      stripe_events rows {alone['recorded']:,} for"
+            f" {alone['events']:,} events; journal entries {alone['entries']:,} for"
+            f" {alone['postings']:,} postings   (target: equal)"
+        )
+
+
+ALONE_ACCOUNT = "acct_benchconsumer01"
+
+
+def consumer_alone(
+    options: argparse.Namespace, work: Path, env: dict[str, str], database_url: str, port: int
+) -> dict[str, Any]:
+    """The consumer on its own: events queued as the intake queues them while the host is
+    stopped, then the host started and timed from live until the last is applied."""
+    from psycopg_pool import ConnectionPool
+
+    from shared.adapters.local_broker import LocalBroker
+    from shared.messaging import STRIPE_EVENTS_QUEUE
+    from shared.services import billing, clients, webhooks
+    from tests.services import stripe_events
+
+    books = billing.link_stripe_account(clients.create_firm("Consumer firm"), ALONE_ACCOUNT)
+    events = stripe_events.generate(
+        ALONE_ACCOUNT, customers=options.customers, events=options.alone_events
+    )
+    traceparent = "00-" + "0" * 31 + "1-" + "0" * 15 + "1-01"
+    messages = []
+    for event in events:
+        event["id"] = event["id"].replace("evt_gen", "evt_alone")
+        body = (json.dumps(event, indent=2) + "\n").encode()
+        messages.append(webhooks.stripe_message(event, body, traceparent))
+    with ConnectionPool(database_url, min_size=1, max_size=1) as pool:
+        broker = LocalBroker(pool)
+        for start in range(0, len(messages), 1000):
+            broker.send(STRIPE_EVENTS_QUEUE, messages[start : start + 1000])
+
+    devhost = start_devhost(work, env, port)
+    try:
+        live_at, cpu_at_live = time.time(), cpu_seconds(devhost.pid)
+        at_live = applied_count(database_url, ALONE_ACCOUNT)
+        done, done_at = wait_applied(
+            database_url, len(events), live_at + options.apply_budget, ALONE_ACCOUNT
+        )
+        cpu = cpu_seconds(devhost.pid) - cpu_at_live
+    finally:
+        stop_devhost(devhost)
+    applied = done - at_live
+    return {
+        "events": len(events),
+        "applied": applied,
+        "seconds": done_at - live_at,
+        "cpu_ms_per_event": cpu / max(applied, 1) * 1000,
+        "recorded": done,
+        "postings": scalar(
+            database_url,
+            "SELECT coalesce(sum(postings), 0) FROM stripe_events WHERE stripe_account_id = %s",
+            ALONE_ACCOUNT,
+        ),
+        "entries": scalar(
+            database_url, "SELECT count(*) FROM journal_entries WHERE client_id = %s", books
+        ),
+    }
 
 
 def local_free_port() -> int:
