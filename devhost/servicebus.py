@@ -40,7 +40,8 @@ NAMESPACE_SUFFIX = "__fullyQualifiedNamespace"
 DB_POOL_SIZE = 8
 # Messages of one session that a receive from the local broker locks together, as a Service
 # Bus session receiver keeps its session between messages: one receive, one settlement
-# transaction and one lock renewal then serve the whole run instead of each message.
+# transaction and one lock renewal then serve the whole run instead of each message. A
+# function that takes lists gets batches of up to host.json's maxMessageBatchSize instead.
 LOCAL_SESSION_BATCH = 32
 
 
@@ -161,7 +162,8 @@ def functions_messages(messages: list[ReceivedMessage]) -> list[func.ServiceBusM
 
 
 def _utc_text(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # The library tries this form of ISO 8601 third, after two that fail fast.
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
 
 
 class Delivery(Protocol):
@@ -376,7 +378,10 @@ class BusDispatcher:
             await slots.acquire()
             taken += 1
         try:
-            batches = await source.receive_batches(taken, LOCAL_SESSION_BATCH)
+            size = (
+                self._settings.bus_max_message_batch_size if watch.batched else LOCAL_SESSION_BATCH
+            )
+            batches = await source.receive_batches(taken, size)
         except BaseException:
             for _ in range(taken - 1):
                 slots.release()

@@ -46,6 +46,7 @@ BUS_RETRY_BACKOFF_MAX_S = 30.0
 DEFAULT_BUS_MAX_CONCURRENT_CALLS = 16 * (os.cpu_count() or 1)
 DEFAULT_BUS_MAX_CONCURRENT_SESSIONS = 8
 DEFAULT_BUS_MAX_LOCK_RENEWAL_S = 300.0
+DEFAULT_BUS_MAX_MESSAGE_BATCH_SIZE = 1000
 
 # name -> (default, meaning); the README and local.settings.example.json list the same.
 SETTINGS: dict[str, tuple[str, str]] = {
@@ -185,6 +186,7 @@ class HostJson:
     bus_max_concurrent_calls: int | None = None
     bus_max_concurrent_sessions: int | None = None
     bus_max_lock_renewal_s: float | None = None
+    bus_max_message_batch_size: int | None = None
     durable_hub: str | None = None
 
 
@@ -207,6 +209,7 @@ def read_host_json(app_dir: Path) -> HostJson:
     calls = bus.get("maxConcurrentCalls")
     sessions = bus.get("maxConcurrentSessions")
     renewal = bus.get("maxAutoLockRenewalDuration")
+    batch = bus.get("maxMessageBatchSize")
     return HostJson(
         route_prefix=str(prefix).strip("/"),
         poison_blob_threshold=int(threshold) if threshold is not None else None,
@@ -214,6 +217,7 @@ def read_host_json(app_dir: Path) -> HostJson:
         bus_max_concurrent_calls=int(calls) if calls is not None else None,
         bus_max_concurrent_sessions=int(sessions) if sessions is not None else None,
         bus_max_lock_renewal_s=_timespan_s(str(renewal)) if renewal is not None else None,
+        bus_max_message_batch_size=int(batch) if batch is not None else None,
         durable_hub=extensions.get("durableTask", {}).get("hubName"),
     )
 
@@ -251,6 +255,7 @@ class HostSettings:
     bus_max_concurrent_calls: int = DEFAULT_BUS_MAX_CONCURRENT_CALLS
     bus_max_concurrent_sessions: int = DEFAULT_BUS_MAX_CONCURRENT_SESSIONS
     bus_max_lock_renewal_s: float = DEFAULT_BUS_MAX_LOCK_RENEWAL_S
+    bus_max_message_batch_size: int = DEFAULT_BUS_MAX_MESSAGE_BATCH_SIZE
     time_zone: str | None = None
     durable_hub: str = "DevhostHub"
     durable_workers: int = 4
@@ -304,6 +309,9 @@ class HostSettings:
                 hj.bus_max_concurrent_sessions or base.bus_max_concurrent_sessions
             ),
             bus_max_lock_renewal_s=hj.bus_max_lock_renewal_s or base.bus_max_lock_renewal_s,
+            bus_max_message_batch_size=(
+                hj.bus_max_message_batch_size or base.bus_max_message_batch_size
+            ),
             durable_hub=hj.durable_hub or base.durable_hub,
             durable_workers=env_int(env, "DEVHOST_DURABLE_WORKERS", base.durable_workers),
             durable_lease_s=env_float(env, "DEVHOST_DURABLE_LEASE_S", base.durable_lease_s),

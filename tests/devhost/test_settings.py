@@ -83,6 +83,7 @@ class TestHostSettings:
                             "maxConcurrentCalls": 3,
                             "maxConcurrentSessions": 2,
                             "maxAutoLockRenewalDuration": "00:10:30",
+                            "maxMessageBatchSize": 50,
                         }
                     },
                 }
@@ -94,6 +95,7 @@ class TestHostSettings:
         assert settings.bus_max_concurrent_calls == 3
         assert settings.bus_max_concurrent_sessions == 2
         assert settings.bus_max_lock_renewal_s == 630
+        assert settings.bus_max_message_batch_size == 50
         assert settings.bus_retry_backoff_s == 0
 
     def test_a_bad_timespan_in_host_json_is_named(self, tmp_path):
