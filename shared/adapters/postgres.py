@@ -92,6 +92,32 @@ def transaction() -> Iterator[psycopg.Connection]:
         ) from exc
 
 
+@contextmanager
+def pipelined_transaction() -> Iterator[psycopg.Connection]:
+    """As ``transaction``, in pipeline mode: statements go to the server without waiting for
+    each other's answers; reading an answer (``fetchone``) waits for it and those before it.
+
+    An error surfaces when an answer after it is read, or at the commit: for work that can
+    be run again without the pipeline to find which statement failed.
+
+    Raises:
+        UpstreamError: the database could not be reached (retryable).
+    """
+    try:
+        with (
+            telemetry.database_span("transaction"),
+            pool().connection() as conn,
+            conn.pipeline(),
+            conn.transaction(),
+        ):
+            yield conn
+    except psycopg.OperationalError as exc:
+        log.error("postgres unavailable: %s", exc, extra={"system": "postgres"})
+        raise UpstreamError(
+            "the database is unavailable", provider="postgres", retryable=True
+        ) from exc
+
+
 def single_statement(query: str, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
     """Run one statement in a transaction of its own and return its first row (or None).
 

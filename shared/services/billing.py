@@ -331,10 +331,7 @@ def _apply_run(events: Sequence[Any], *, pipelined: bool) -> tuple[ApplyOutcome,
             envelopes.append(_Envelope.parse(event))
         except InvalidEvent as exc:
             raise _Stopped(index, exc) from exc
-    with (
-        postgres.transaction() as conn,
-        conn.pipeline() if pipelined else contextlib.nullcontext(),
-    ):
+    with postgres.pipelined_transaction() if pipelined else postgres.transaction() as conn:
         try:
             return _apply_envelopes(conn, envelopes, pipelined)
         except psycopg.Error as exc:
@@ -928,7 +925,7 @@ def _invoice(work: _Work, obj: _Fields) -> None:
     _replace_invoice_lines(work, invoice_id, currency, lines)
     if status == "paid":
         # An engagement waiting for this invoice is told in this same transaction.
-        engagements.notify_invoice_paid(invoice_id, work.conn)
+        engagements.queue_invoice_paid(invoice_id, work.conn)
 
     # A paid, voided or uncollectible invoice was finalised: its receivable posts from
     # whichever of these events comes first.

@@ -403,6 +403,23 @@ def notify_invoice_paid(stripe_invoice_id: str, conn: psycopg.Connection | None 
     )
 
 
+def queue_invoice_paid(stripe_invoice_id: str, conn: psycopg.Connection) -> None:
+    """As ``notify_invoice_paid`` in the caller's transaction, in one statement whose answer
+    nobody waits for: for a caller that pipelines its statements (billing)."""
+    conn.execute(
+        "INSERT INTO engagement_events (engagement_id, client_id, instance_id, event_name,"
+        " payload, dedupe_key) SELECT id, client_id, instance_id, %s, %s, %s"
+        " FROM engagements WHERE stripe_invoice_id = %s"
+        " ON CONFLICT (dedupe_key) DO NOTHING",
+        (
+            INVOICE_PAID_EVENT,
+            json.dumps({"stripe_invoice_id": stripe_invoice_id}),
+            f"paid:{stripe_invoice_id}",
+            stripe_invoice_id,
+        ),
+    )
+
+
 def _queue_event(
     conn: psycopg.Connection,
     engagement_id: uuid.UUID,
