@@ -250,9 +250,10 @@ class BusDispatcher:
     """Receives for every Service Bus-triggered function until stopped.
 
     Concurrency follows host.json ``extensions.serviceBus``: ``maxConcurrentSessions``
-    sessions at a time on a session queue (one message of each at a time, in order), else
-    ``maxConcurrentCalls`` messages; locks are renewed while a function runs, for at most
-    ``maxAutoLockRenewalDuration``.
+    sessions at a time on a session queue (one message of each at a time, in order, or a
+    list of up to ``maxMessageBatchSize`` of them for a function with
+    ``cardinality="many"``), else ``maxConcurrentCalls`` messages; locks are renewed while a
+    function runs, for at most ``maxAutoLockRenewalDuration``.
 
     Args:
         watches: the functions (see ``bus_watches``).
