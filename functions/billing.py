@@ -29,32 +29,32 @@ billing_bp = func.Blueprint()  # type: ignore[no-untyped-call]
 def stripe_events_received(msgs: list[func.ServiceBusMessage]) -> None:
     """Apply a batch of one session's Stripe events, in order, each once.
 
-    The events before a failing one are applied and committed; then the function raises
-    that event's error, so the batch is given back. Delivered again, the events already
-    applied are duplicates and change nothing. A malformed event or one for an unlinked
-    account raises ``EventRejected``, whose text says what a person must fix; any other
-    failure (the database) is retried the same way.
+    A malformed event, or one for an unlinked account, raises ``EventRejected``, whose text
+    says what a person must fix. Such an event is stepped over: the events after it are
+    still applied and committed, and then the function raises the first rejection, so the
+    batch is given back. Delivered again, the events already applied are duplicates and
+    change nothing. Any other failure (the database) raises at once, with the events before
+    it committed, and the batch is retried the same way.
     """
     # Limitation: the trigger cannot settle a message itself, so a rejected event is tried
     # max_delivery_count times (10) before Service Bus dead-letters it; and the Functions
-    # host abandons a failed batch whole, so there the events behind a rejected one are
-    # dead-lettered beside it (already applied; resubmitting them changes nothing). The
+    # host abandons a failed batch whole, so there the other events of its batch are
+    # dead-lettered beside it, already applied (resubmitting them changes nothing). The
     # devhost tries a failed batch again one message at a time, and dead-letters it alone.
-    events: list[Any] = []
-    undecodable: billing.EventRejected | None = None
-    for msg in msgs:
+    decoded: list[tuple[int, Any]] = []
+    rejected: list[tuple[int, billing.EventRejected]] = []
+    for index, msg in enumerate(msgs):
         try:
-            events.append(_decode(msg))
+            decoded.append((index, _decode(msg)))
         except billing.EventRejected as exc:
-            undecodable = exc
-            break
+            rejected.append((index, exc))
     with telemetry.consumer_batch_span(
         "billing.apply_stripe_events",
         [_traceparent(msg) for msg in msgs],
         {"messaging.batch.message_count": len(msgs)},
     ) as trace_id:
-        batch = billing.apply_events(events)
-    for outcome in batch.applied:
+        applied, failure = _apply_around_rejections(decoded, rejected)
+    for outcome in applied:
         log.info(
             "stripe event %s %s: %s, %s posting(s)",
             outcome.event_id,
@@ -69,26 +69,50 @@ def stripe_events_received(msgs: list[func.ServiceBusMessage]) -> None:
                 "trace_id": trace_id,
             },
         )
-    error = batch.error or undecodable
-    if error is None:
-        return
-    failed = msgs[len(batch.applied)]
-    fields = {"event_id": failed.message_id or "", "event_type": failed.subject or ""}
-    if isinstance(error, billing.EventRejected):
+    rejected.sort(key=lambda pair: pair[0])
+    for index, rejection in rejected:
         log.error(
             "stripe event %s rejected: %s",
-            error.event_id,
-            error,
-            extra={**fields, "outcome": "rejected", "trace_id": trace_id},
+            rejection.event_id,
+            rejection,
+            extra={**_fields(msgs[index]), "outcome": "rejected", "trace_id": trace_id},
         )
-    else:
+    if failure is not None:
+        index, error = failure
+        fields = _fields(msgs[index])
         log.warning(
             "stripe event %s failed, will retry: %s",
             fields["event_id"],
             error,
             extra={**fields, "outcome": "retry", "trace_id": trace_id},
         )
-    raise error
+        raise error
+    if rejected:
+        raise rejected[0][1]
+
+
+def _apply_around_rejections(
+    events: list[tuple[int, Any]], rejected: list[tuple[int, billing.EventRejected]]
+) -> tuple[list[billing.ApplyOutcome], tuple[int, Exception] | None]:
+    """Apply ``events`` (each with its place in the batch) in order, stepping over each one
+    that is rejected (added to ``rejected``); stop at any other failure and return it."""
+    applied: list[billing.ApplyOutcome] = []
+    remaining = events
+    while remaining:
+        batch = billing.apply_events([event for _, event in remaining])
+        applied.extend(batch.applied)
+        if batch.error is None:
+            break
+        index = remaining[len(batch.applied)][0]
+        if not isinstance(batch.error, billing.EventRejected):
+            return applied, (index, batch.error)
+        rejected.append((index, batch.error))
+        remaining = remaining[len(batch.applied) + 1 :]
+    return applied, None
+
+
+def _fields(msg: func.ServiceBusMessage) -> dict[str, str]:
+    return {"event_id": msg.message_id or "", "event_type": msg.subject or ""}
 
 
 def _traceparent(msg: func.ServiceBusMessage) -> str | None:

@@ -126,3 +126,47 @@ def test_event_of_an_unlinked_account_is_rejected_with_what_to_do(
     (record,) = _records(caplog)
     assert record.levelno == logging.ERROR
     assert "link it" in record.getMessage()
+
+
+def test_a_rejected_event_is_stepped_over_and_the_rest_of_its_batch_is_applied_once(
+    services: dict[str, str], account: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On the Functions host a failed batch comes back whole: the events around a rejected
+    one must be applied the first time, and be duplicates every time after."""
+    handler, _ = _function()
+    paid = {**se.load("srm__invoice.paid.json"), "account": account, "id": "evt_paid"}
+    charge = {**se.load("srm__charge.succeeded.json"), "account": account, "id": "evt_charge"}
+    unlinked = {**se.load("srm__charge.succeeded.json"), "account": "acct_unlinked0002"}
+    unlinked["id"] = "evt_unlinked"
+    batch = [
+        message(b"{not json", message_id="evt_broken"),
+        message(paid),
+        message(unlinked),
+        message(charge),
+    ]
+    caplog.set_level(logging.INFO, logger="functions.billing")
+
+    # The first rejection in batch order is what the batch fails with.
+    with pytest.raises(billing.InvalidEvent, match=r"^event evt_broken: field \(body\)"):
+        handler(batch)
+
+    outcomes = [(r.event_id, r.outcome) for r in _records(caplog)]  # type: ignore[attr-defined]
+    assert outcomes == [
+        ("evt_paid", "applied"),
+        ("evt_charge", "applied"),
+        ("evt_broken", "rejected"),
+        ("evt_unlinked", "rejected"),
+    ]
+    client = uuid.UUID(_records(caplog)[0].client_id)  # type: ignore[attr-defined]
+    expected = {("1100", "USD"): 2000, ("1200", "USD"): 2000, ("4000", "USD"): -4000}
+    totals = {(t.code, t.currency): t.balance_minor for t in ledger.trial_balance(client)}
+    assert totals == expected
+
+    caplog.clear()
+    with pytest.raises(billing.InvalidEvent):
+        handler(batch)
+
+    again = [(r.event_id, r.outcome) for r in _records(caplog)]  # type: ignore[attr-defined]
+    assert again[:2] == [("evt_paid", "duplicate"), ("evt_charge", "duplicate")]
+    totals = {(t.code, t.currency): t.balance_minor for t in ledger.trial_balance(client)}
+    assert totals == expected
