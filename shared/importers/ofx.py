@@ -60,8 +60,12 @@ INVESTMENT_ONLY_CASH = "investment statement: only its cash lines can be importe
 
 # Clean-up patterns run over whole files, so each must take time linear in the text: every
 # repeat that could give back characters to a neighbour is possessive (*+), and comments and
-# CDATA sections are found by a plain scan (``_unwrap``) instead of lazy patterns.
-_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9._]*+)\s*+(/?)>")
+# CDATA sections are found by a plain scan (``_Unwrapper``) instead of lazy patterns.
+# Only tags that need a change match: a name with a lower-case letter, or blanks or a slash
+# before the ``>``; rewriting every tag as it was took most of the clean-up's time.
+_TAG = re.compile(
+    r"<(/?)((?=[A-Z0-9._]*+[a-z])[A-Za-z][A-Za-z0-9._]*+|[A-Z][A-Z0-9._]*+(?=[\s/]))\s*+(/?)>"
+)
 _EMPTY_LEAF = re.compile(r"<([A-Z0-9._]++)>(\s*+)(?=<(?!/\1>))")
 _REOPENED_LEAF = re.compile(r"<([A-Z0-9._]++)>(\s*+[^<\s][^<]*+)<\1>")
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
@@ -71,6 +75,7 @@ _STMTTRN = re.compile(r"<STMTTRN>")
 # pattern and no ofxtools match reaches across such a point, so a piece cleans and parses
 # exactly as it would inside the whole text.
 _PIECE_END = re.compile(r"</[A-Za-z][A-Za-z0-9._]*+\s*+>\s*+(?=<)")
+_ANNOUNCED = frozenset({"STMTTRN", *STATEMENT_TAGS})
 _ACCOUNT_TAGS = {"STMTRS": "BANKACCTFROM", "CCSTMTRS": "CCACCTFROM", "INVSTMTRS": "INVACCTFROM"}
 _TAIL_TEXT = re.compile(r"Tail text '(?P<text>.*?)' in .*position=\[(?P<start>\d+):", re.DOTALL)
 _PLAIN_AMOUNT = re.compile(r"([+-]?)([0-9]*)(?:[.,]([0-9]*))?")
@@ -374,7 +379,8 @@ class _TolerantTreeBuilder(TreeBuilder):
     An end tag closes every element opened after its start tag; an end tag with no open
     start tag is ignored; a start tag of an aggregate already open closes that one first
     (OFX never nests an aggregate in one of the same name). Each element is announced to the
-    reader when it opens and when it closes.
+    reader when it opens and when it closes, if it is a statement or a transaction or lies
+    directly in an investment transaction list.
     """
 
     def __init__(self, reader: _Reader) -> None:
@@ -393,7 +399,8 @@ class _TolerantTreeBuilder(TreeBuilder):
         self._open_count[tag] = self._open_count.get(tag, 0) + 1
         element = super().start(tag, attrs)
         self._elements.append(element)
-        self._reader.opened(element)
+        if tag in _ANNOUNCED:
+            self._reader.opened(element)
         return element
 
     def end(self, tag: Any, /) -> ET.Element:
@@ -405,7 +412,8 @@ class _TolerantTreeBuilder(TreeBuilder):
             self._open_count[top] -= 1
             self._last = super().end(top)
             element = elements.pop()
-            self._reader.closed(element, elements[-1] if elements else None, self)
+            if top in _ANNOUNCED or (elements and elements[-1].tag == "INVTRANLIST"):
+                self._reader.closed(element, elements[-1] if elements else None, self)
             if top == tag:
                 break
         return self._last
@@ -444,6 +452,13 @@ def _value(element: ET.Element | None, path: str) -> str | None:
     if found is None:
         return None
     return html.unescape(found.text or "").strip()
+
+
+def _field(fields: dict[str, str | None], tag: str) -> str | None:
+    """``_value`` of a direct child, from the texts of an element's children by tag."""
+    if tag not in fields:
+        return None
+    return html.unescape(fields[tag] or "").strip()
 
 
 def _check_status(root: ET.Element) -> None:
@@ -669,20 +684,29 @@ class _Reader:
     def _record(
         self, element: ET.Element, line: int, account: str, currency: str
     ) -> BankTxn | None:
-        fitid = _value(element, "FITID") or None
+        # One pass over the children instead of a search per field; a field in a nested
+        # aggregate is searched for only when that aggregate is there.
+        fields: dict[str, str | None] = {}
+        for child in element:
+            if child.tag not in fields:
+                fields[child.tag] = child.text
+        fitid = _field(fields, "FITID") or None
         # Limitation: a transaction with its own CURRENCY keeps that currency and is not
         # converted to CURDEF at CURRATE, so such a statement yields two currencies.
-        own_currency = _value(element, "CURRENCY/CURSYM")
-        if own_currency:
-            currency = self._currency_of(own_currency, currency)
-        booked = self._posted(element, line, fitid)
-        minor = self._amount(element, line, fitid, currency)
+        if "CURRENCY" in fields:
+            own_currency = _value(element, "CURRENCY/CURSYM")
+            if own_currency:
+                currency = self._currency_of(own_currency, currency)
+        booked = self._posted(_field(fields, "DTPOSTED"), line, fitid)
+        minor = self._amount(_field(fields, "TRNAMT"), line, fitid, currency)
         if booked is None or minor is None:
             return None
-        name = _value(element, "NAME") or _value(element, "PAYEE/NAME") or ""
-        memo = _value(element, "MEMO") or ""
-        description = " / ".join(part for part in dict.fromkeys((name, memo)) if part)
-        reference = _value(element, "CHECKNUM") or _value(element, "REFNUM") or None
+        name = _field(fields, "NAME")
+        if not name and "PAYEE" in fields:
+            name = _value(element, "PAYEE/NAME")
+        memo = _field(fields, "MEMO") or ""
+        description = " / ".join(part for part in dict.fromkeys((name or "", memo)) if part)
+        reference = _field(fields, "CHECKNUM") or _field(fields, "REFNUM") or None
         return BankTxn(line, account, booked, minor, currency, description, fitid, reference)
 
     def _currency_of(self, code: str, fallback: str) -> str:
@@ -691,8 +715,7 @@ class _Reader:
         except ValidationError:
             return fallback
 
-    def _posted(self, element: ET.Element, line: int, fitid: str | None) -> date | None:
-        text = _value(element, "DTPOSTED")
+    def _posted(self, text: str | None, line: int, fitid: str | None) -> date | None:
         which = f"transaction {fitid}" if fitid else "a transaction without FITID"
         if not text:
             self._log.add(line, "DTPOSTED", text, f"{which} has no DTPOSTED (booking date)")
@@ -703,10 +726,7 @@ class _Reader:
             self._log.add(line, "DTPOSTED", text, f"{exc.reason} ({which})")
             return None
 
-    def _amount(
-        self, element: ET.Element, line: int, fitid: str | None, currency: str
-    ) -> int | None:
-        text = _value(element, "TRNAMT")
+    def _amount(self, text: str | None, line: int, fitid: str | None, currency: str) -> int | None:
         which = f"transaction {fitid}" if fitid else "a transaction without FITID"
         if not text:
             self._log.add(line, "TRNAMT", text, f"{which} has no TRNAMT (amount)")
