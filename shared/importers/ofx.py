@@ -77,7 +77,11 @@ _STMTTRN = re.compile(r"<STMTTRN>")
 _PIECE_END = re.compile(r"</[A-Za-z][A-Za-z0-9._]*+\s*+>\s*+(?=<)")
 _ANNOUNCED = frozenset({"STMTTRN", *STATEMENT_TAGS})
 _ACCOUNT_TAGS = {"STMTRS": "BANKACCTFROM", "CCSTMTRS": "CCACCTFROM", "INVSTMTRS": "INVACCTFROM"}
-_TAIL_TEXT = re.compile(r"Tail text '(?P<text>.*?)' in .*position=\[(?P<start>\d+):", re.DOTALL)
+# ofxtools says "Tail text 'x' in <the whole text>" after a start tag, "... after </TAG>"
+# after an end tag; both end with the span of the match, relative to the text it was fed.
+_TAIL_TEXT = re.compile(
+    r"Tail text '(?P<text>.*?)' (?:in|after) .*position=\[(?P<start>\d+):", re.DOTALL
+)
 _PLAIN_AMOUNT = re.compile(r"([+-]?)([0-9]*)(?:[.,]([0-9]*))?")
 _XML_ENCODING = re.compile(r"<\?xml[^>]*encoding=[\"']([^\"']+)", re.IGNORECASE)
 _HEADER_FIELD = re.compile(
