@@ -111,7 +111,8 @@ class OfxRows:
             currency: for statements whose CURDEF is empty.
 
         Raises:
-            FileRejected: a comment or CDATA section is never closed, or there is no ``<OFX>``.
+            FileRejected: there is no ``<OFX>`` element (or a comment or CDATA section before
+                it is never closed).
         """
         self._parsed = parsed
         self._pieces = _pieces(stream, codec)
@@ -119,8 +120,7 @@ class OfxRows:
         self._builder = _TolerantTreeBuilder(self._reader)
         self._line = 1  # the line the next piece starts on
         self._qfx = False
-        self._first, offset, header = self._find_start()
-        self._offset = offset
+        self._first, self._offset, header = self._find_start()
         self._xml = _declares_xml(header)
         parsed.format = self._format()
 
@@ -513,7 +513,13 @@ def _declares_xml(header: str) -> bool:
 
 
 class _Statement:
-    """A statement being read: its account and currency once known, and what it held."""
+    """A statement being read.
+
+    ``known`` once its account and currency are; ``held`` keeps its transactions until then.
+    ``seen`` counts its STMTTRN elements, ``count`` the records read from them, ``trades``
+    the security transactions of its first INVTRANLIST; ``problem`` is why the file is to be
+    rejected for it, if it is.
+    """
 
     __slots__ = (
         "account",
