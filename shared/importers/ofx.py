@@ -390,17 +390,16 @@ class _TolerantTreeBuilder(TreeBuilder):
     def __init__(self, reader: _Reader) -> None:
         super().__init__()
         self._reader = reader
-        self._open: list[str] = []
         self._elements: list[ET.Element] = []
         # How many of each tag are open, so that checks stay constant time however deep.
         self._open_count: dict[str, int] = {}
         self._last = ET.Element("OFX")
 
     def start(self, tag: Any, attrs: Any, /) -> ET.Element:
-        if self._open_count.get(tag):
+        counts = self._open_count
+        if counts.get(tag):
             self.end(tag)
-        self._open.append(tag)
-        self._open_count[tag] = self._open_count.get(tag, 0) + 1
+        counts[tag] = counts.get(tag, 0) + 1
         element = super().start(tag, attrs)
         self._elements.append(element)
         if tag in _ANNOUNCED:
@@ -408,14 +407,15 @@ class _TolerantTreeBuilder(TreeBuilder):
         return element
 
     def end(self, tag: Any, /) -> ET.Element:
-        if not self._open_count.get(tag):
+        counts = self._open_count
+        if not counts.get(tag):
             return self._last
         elements = self._elements
-        while self._open:
-            top = self._open.pop()
-            self._open_count[top] -= 1
-            self._last = super().end(top)
+        while elements:
             element = elements.pop()
+            top = element.tag
+            counts[top] -= 1
+            self._last = super().end(top)
             if top in _ANNOUNCED or (elements and elements[-1].tag == "INVTRANLIST"):
                 self._reader.closed(element, elements[-1] if elements else None, self)
             if top == tag:
@@ -423,8 +423,8 @@ class _TolerantTreeBuilder(TreeBuilder):
         return self._last
 
     def close(self) -> ET.Element:
-        while self._open:
-            self.end(self._open[-1])
+        while self._elements:
+            self.end(self._elements[-1].tag)
         return super().close()
 
     def is_open(self, element: ET.Element) -> bool:
