@@ -117,7 +117,9 @@ class ParsedFile:
     order. While it is consumed, bad rows are appended to ``errors`` instead of being
     yielded, and stated balances to ``balances``; both are complete only once ``records``
     is exhausted. ``details`` holds what was detected (dialect, encoding, date order) for
-    the report.
+    the report. An OFX file's ``format`` (QFX or not) and details are also final only then,
+    and what only its whole shows (a failed sign-on, no statement) is raised by ``records``
+    as ``UnsupportedFile`` after the last record.
     """
 
     format: FileFormat

@@ -6,14 +6,15 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
-from shared.domain.imports import FileFormat, MappingProfile, ParsedFile
+from shared.domain.imports import BankTxn, FileFormat, MappingProfile, ParsedFile
 from shared.errors import ValidationError
 from shared.importers.bank_csv import BankRows, describe_layout, settle_layout
 from shared.importers.dialect import settle_amounts, settle_currency, settle_dates
 from shared.importers.journal_csv import JournalRows
-from shared.importers.ofx import OFX_MAX_BYTES, declared_encoding, parse_ofx
+from shared.importers.ofx import OFX_MAX_BYTES, OfxRows, declared_encoding
 from shared.importers.report import MAX_STORED_ERRORS, ErrorLog
 from shared.importers.sniff import (
     NOT_RECOGNISED,
@@ -59,9 +60,12 @@ def parse_file(
 
     Detection, dialect, header and whole-file checks happen here; the records are then read
     lazily from ``stream``, which must stay open until they are consumed. CSV files are
-    streamed row by row (memory does not grow with file size); OFX files are parsed whole.
-    Row problems do not raise: they fill ``ParsedFile.errors`` (first 1000 kept, all counted
-    in ``details["error_count"]``) while the records are read, and the row is left out.
+    streamed row by row and OFX files a piece at a time (memory does not grow with the
+    number of transactions). Row problems do not raise: they fill ``ParsedFile.errors``
+    (first 1000 kept, all counted in ``details["error_count"]``) while the records are read,
+    and the row is left out. What only the whole of an OFX file shows (a failed sign-on, no
+    statement, an investment statement that trades, broken markup further on) raises
+    ``UnsupportedFile`` from ``records`` once the last record has been read.
 
     Args:
         stream: a seekable binary file; it may be read more than once.
@@ -113,7 +117,7 @@ def _parse(
 
     # The format follows from the content: OFX markup, other markup, or delimited text.
     if looks_like_ofx(text):
-        return _parse_ofx(stream, encoding, default_currency, details)
+        return _parse_ofx(stream, encoding, default_currency, details, name)
     if looks_like_markup(text):
         raise FileRejected(f"{NOT_RECOGNISED}: it is XML or HTML without an <OFX> element")
     plan = plan_csv(text, profile, complete=complete)
@@ -128,24 +132,31 @@ def _parse(
 
 
 def _parse_ofx(
-    stream: BinaryIO, encoding: Encoding, default_currency: str, details: dict[str, object]
+    stream: BinaryIO,
+    encoding: Encoding,
+    default_currency: str,
+    details: dict[str, object],
+    name: str,
 ) -> ParsedFile:
     size = stream.seek(0, io.SEEK_END)
     if size > OFX_MAX_BYTES:
         raise FileRejected(
             f"OFX file is {size:,} bytes; OFX files over {OFX_MAX_BYTES:,} bytes are not read "
-            "(they are parsed whole in memory)"
+            "(everything but their transactions is held in memory)"
         )
-    stream.seek(0)
-    text = stream.read().decode(encoding.codec, errors="replace")
     parsed = ParsedFile(FileFormat.OFX_SGML, iter(()), details=details)
     log = ErrorLog(parsed.errors, parsed.details)
-    result = parse_ofx(text, default_currency=default_currency, log=log)
-    parsed.format = result.format
-    parsed.records = iter(result.records)
-    parsed.balances.extend(result.balances)
-    parsed.details.update(result.details)
+    rows = OfxRows(stream, encoding.codec, parsed, log, default_currency)
+    parsed.records = _rejecting(rows, name)
     return parsed
+
+
+def _rejecting(records: Iterable[BankTxn], name: str) -> Iterator[BankTxn]:
+    """``records``, with a whole-file rejection found while reading them raised typed."""
+    try:
+        yield from records
+    except FileRejected as exc:
+        raise UnsupportedFile(str(exc), file_name=name) from None
 
 
 def _parse_bank(

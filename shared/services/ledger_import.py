@@ -340,7 +340,11 @@ def _import(
         # An ``account-<label>`` folder names the bank account for files that do not name
         # one themselves, so two accounts' exports never merge.
         folder = account_folder(file_name)
-        _stage_bank(conn, parsed.records, parsed.errors, folder)  # type: ignore[arg-type]
+        try:
+            _stage_bank(conn, parsed.records, parsed.errors, folder)  # type: ignore[arg-type]
+        except UnsupportedFile as exc:
+            # An OFX file shows some whole-file problems only once it has been read through.
+            raise Rejected(str(exc)) from None
         parsed.balances = [
             replace(b, account_ref=b.account_ref or folder) for b in parsed.balances
         ]

@@ -368,5 +368,5 @@ class TestHostileFiles:
         size = len(text.encode())
         assert _reject(text) == (
             f"OFX file is {size:,} bytes; OFX files over 1,000 bytes are not read "
-            "(they are parsed whole in memory)"
+            "(everything but their transactions is held in memory)"
         )

@@ -508,3 +508,78 @@ def test_says_imported_only_once_the_import_is_committed(services, client_id):
     [(message, visible)] = seen
     assert visible == 4
     assert "4 rows, 4 new, 0 duplicates; ledger checks" in message
+
+
+def _ofx_lines(*transactions: tuple[str, str, str, str]) -> str:
+    """``_ofx`` with each transaction on its own line: the k-th is on line 11 + k."""
+    return _ofx(*transactions).replace("<STMTTRN>", "\n<STMTTRN>")
+
+
+@pytest.fixture
+def small_ofx_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read OFX files 4 KiB at a time, so a file of a few thousand transactions is many pieces
+    and its first transactions are staged before its last ones are read."""
+    monkeypatch.setattr("shared.importers.ofx.OFX_READ_BYTES", 4096)
+    monkeypatch.setattr("shared.importers.ofx.OFX_PIECE_CHARS", 4096)
+
+
+def test_a_bad_transaction_at_the_end_of_a_long_ofx_file_rejects_all_of_it(
+    services, client_id, small_ofx_pieces
+):
+    good = [(f"F{n}", "20260105", "-1.00", "Coffee") for n in range(3000)]
+    ofx = _ofx_lines(*good, ("LATE", "2026013", "-1.00", "Coffee"))
+    outcome = ledger_import.import_blob(drop(client_id, "long.ofx", ofx))
+
+    assert outcome.status == "rejected"
+    assert outcome.report["reason"] == "1 row(s) are invalid; nothing was imported"
+    assert outcome.report["errors"] == [
+        {
+            "line": 3012,
+            "column": "DTPOSTED",
+            "value": "2026013",
+            "reason": "not a date; expected YYYYMMDD (transaction LATE)",
+        }
+    ]
+    assert ledger(services, client_id)["bank_rows"] == 0
+    assert ledger(services, client_id)["entries"] == 0
+
+
+def test_broken_markup_at_the_end_of_a_long_ofx_file_rejects_all_of_it(
+    services, client_id, small_ofx_pieces
+):
+    good = [(f"F{n}", "20260105", "-1.00", "Coffee") for n in range(3000)]
+    ofx = _ofx_lines(*good).replace("</BANKMSGSRSV1>", "\nstray words\n</BANKMSGSRSV1>")
+    outcome = ledger_import.import_blob(drop(client_id, "broken.ofx", ofx))
+
+    assert outcome.status == "rejected"
+    assert outcome.report["reason"] == (
+        "OFX file could not be read: text 'stray words' outside any element near line 3011"
+    )
+    assert ledger(services, client_id)["bank_rows"] == 0
+
+
+def test_an_investment_statement_that_trades_after_its_cash_lines_imports_nothing(
+    services, client_id, small_ofx_pieces
+):
+    cash = "".join(
+        f"\n<INVBANKTRAN><STMTTRN><TRNTYPE>CREDIT<DTPOSTED>20260105<TRNAMT>1.00<FITID>C{n}"
+        "</STMTTRN><SUBACCTFUND>CASH</INVBANKTRAN>"
+        for n in range(2000)
+    )
+    ofx = (
+        "OFXHEADER:100\nDATA:OFXSGML\nVERSION:102\n\n<OFX><INVSTMTMSGSRSV1><INVSTMTTRNRS>"
+        "<INVSTMTRS><CURDEF>USD<INVACCTFROM><BROKERID>broker.com<ACCTID>X1</INVACCTFROM>"
+        f"<INVTRANLIST><DTSTART>20260101<DTEND>20260131{cash}\n<BUYSTOCK><INVBUY><INVTRAN>"
+        "<FITID>T1<DTTRADE>20260120</INVTRAN><TOTAL>-100<SUBACCTFUND>CASH</INVBUY>"
+        "<BUYTYPE>BUY</BUYSTOCK></INVTRANLIST></INVSTMTRS></INVSTMTTRNRS>"
+        "</INVSTMTMSGSRSV1></OFX>\n"
+    )
+    outcome = ledger_import.import_blob(drop(client_id, "trades.ofx", ofx))
+
+    assert outcome.status == "rejected"
+    assert outcome.report["reason"] == (
+        "investment statement: only its cash lines can be imported, but account "
+        "broker.com/X1 also has 1 security transaction(s) (BUYSTOCK); importing the cash "
+        "lines alone would leave its cash incomplete"
+    )
+    assert ledger(services, client_id)["bank_rows"] == 0
