@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import signal
@@ -53,6 +54,7 @@ from devhost.settings import (
 )
 from devhost.storage import development_storage_ports, is_development_storage
 from devhost.timers import TimerRunner, time_zone, timer_jobs
+from devhost.workers import HttpWorkers
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +103,7 @@ class DevHost:
         self._store: ReceiptStore | None = None
         self.task_hub: TaskHub | None = None
         self.durable: DurableEngine | None = None
+        self.workers: HttpWorkers | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -131,6 +134,11 @@ class DevHost:
             if created:
                 log.info("created containers: %s", ", ".join(created))
         await self.http.start()
+        if self.settings.http_processes > 1:
+            self.workers = HttpWorkers(
+                self.app.script_path.parent, self.http.port, self.settings.http_processes - 1
+            )
+            await asyncio.get_running_loop().run_in_executor(None, self.workers.start)
         if self.task_hub is not None:
             self.invoker.durable_client = client_binding(
                 f"http://127.0.0.1:{self.http.port}", self.task_hub.hub, self.settings.function_key
@@ -170,6 +178,9 @@ class DevHost:
     ) -> None:
         """Stop serving; functions still running get ``grace_s`` seconds (less if ``force``)."""
         self._stop.set()
+        if self.workers is not None:
+            stop_workers = functools.partial(self.workers.stop, grace_s=grace_s)
+            await asyncio.get_running_loop().run_in_executor(None, stop_workers)
         await self.http.stop()
         pending = asyncio.ensure_future(self._wind_down())
         stoppers = [pending] + ([asyncio.ensure_future(force.wait())] if force else [])
