@@ -95,8 +95,9 @@ def transaction() -> Iterator[psycopg.Connection]:
 def single_statement(query: str, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
     """Run one statement in a transaction of its own and return its first row (or None).
 
-    The BEGIN, the statement and the COMMIT go to the server together (pipeline mode), so
-    the whole transaction costs one round trip; the row is read after the commit. See
+    The statement runs in autocommit: the server wraps it in a transaction of its own and
+    commits it before it says the statement is done, so the row is returned only once it is
+    committed, at one round trip and without the client-side cost of BEGIN and COMMIT. See
     ``transaction`` for work that needs to read between statements.
 
     Raises:
@@ -104,9 +105,14 @@ def single_statement(query: str, params: Mapping[str, Any]) -> tuple[Any, ...] |
     """
     try:
         with telemetry.database_span("transaction"), pool().connection() as conn:
-            with conn.pipeline(), conn.transaction():
-                cursor = conn.execute(query, params)
-            return cursor.fetchone()
+            conn.autocommit = True
+            try:
+                return conn.execute(query, params).fetchone()
+            finally:
+                # The pool's other users expect transactions; a broken connection is
+                # discarded by the pool whatever its mode.
+                if not conn.closed:
+                    conn.autocommit = False
     except psycopg.OperationalError as exc:
         log.error("postgres unavailable: %s", exc, extra={"system": "postgres"})
         raise UpstreamError(
