@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import fcntl
 import functools
+import gc
 import logging
 import os
 import signal
@@ -294,6 +295,9 @@ def run(app_dir: Path, *, http_port: int | None = None, migrations_dir: Path | N
                 log.info("migrations up to date (%s applied now)", len(applied))
             loading = time.monotonic()
             app = load_app(app_dir)
+            # What the import made lives as long as the process: kept out of the collector's
+            # full passes, which then stay short (no pauses in the answers' tail).
+            gc.freeze()
             log.info(
                 "app imported",
                 extra={

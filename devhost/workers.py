@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import select
@@ -141,6 +142,7 @@ async def serve_http_only(
     """Serve the app's HTTP triggers (and the Durable API) until SIGTERM, SIGINT or the
     parent process goes away."""
     app = load_app(app_dir)
+    gc.freeze()  # as the first process does: the app's import stays out of full collections
     invoker = Invoker(settings.thread_count, str(app.script_path.parent))
     http = HttpServer(app, invoker, settings)
     database_url = os.environ.get("DATABASE_URL")
