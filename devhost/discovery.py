@@ -183,6 +183,8 @@ def disabled_setting(name: str) -> str:
     return f"AzureWebJobs.{name}.Disabled"
 
 
+# Limitation: a disabled HTTP function answers 501 naming the setting; the Functions host
+# answers 404 (and still runs it for a caller with the master key).
 def _disabled(name: str, environ: Mapping[str, str]) -> bool:
     # "true" or "1", in any case. The devhost also reads ``AzureWebJobs_<name>_Disabled``,
     # as a shell cannot export a name with dots.

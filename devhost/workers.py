@@ -150,8 +150,9 @@ async def serve_http_only(
     if app.uses_durable and database_url:
         hub = TaskHub(database_url, settings.durable_hub)
         await hub.open()
-        # Never run here: it names the orchestrators for the API, and the first process's
-        # engine finds what the API queues at its next look at the hub.
+        # Never run here: it names the orchestrators for the API. Limitation: a start or an
+        # event queued through a worker waits for the first process's engine to look at the
+        # hub (DEVHOST_DURABLE_POLL_INTERVAL_S, 0.1 s), where one queued there wakes it at once.
         engine = DurableEngine(app, hub, invoker, workers=1)
         http.add_routes(DurableApi(hub, engine).routes())
     stop = asyncio.Event()
