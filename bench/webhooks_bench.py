@@ -397,6 +397,11 @@ def run(options: argparse.Namespace, work: Path, env: dict[str, str], database_u
         stop_devhost(devhost)
 
     accepted = intake["accepted"] + paced_run["accepted"]
+    errors = [
+        line for line in (work / "devhost.log").read_text().splitlines() if " ERROR " in line
+    ]
+    for line in errors[:5]:
+        print(f"devhost error ({len(errors)} in all): {line[:300]}")
     print(f"{options.events + paced:,} generated Stripe events, {mean_size:,.0f} bytes on average")
     consumer = (
         "PAUSED: intake measured alone" if options.pause_consumer else "running beside intake"
@@ -416,6 +421,9 @@ def run(options: argparse.Namespace, work: Path, env: dict[str, str], database_u
             f"{label:<44} {result['requests']:>9,} {ok:>7,} {result['seconds']:>8.2f}"
             f" {ok / result['seconds']:>8,.0f} {result['p50_ms']:>7.1f} {result['p99_ms']:>7.1f}"
         )
+        others = {status: n for status, n in result["statuses"].items() if status != "200"}
+        if others:
+            print(f"{'':<44} other answers: {others}")
     applied_seconds = applied_at - intake["first_send"]
     print(
         f"{'billing: first enqueue to last applied':<44} {applied:>9,} {'':>7}"
