@@ -136,10 +136,13 @@ class DevHost:
                 log.info("created containers: %s", ", ".join(created))
         await self.http.start()
         if self.settings.http_processes > 1:
+            # Worker processes answer HTTP on the port just taken; this one hands it over and
+            # keeps the triggers, so their work does not delay any answer.
             self.workers = HttpWorkers(
-                self.app.script_path.parent, self.http.port, self.settings.http_processes - 1
+                self.app.script_path.parent, self.http.port, self.settings.http_processes
             )
             await asyncio.get_running_loop().run_in_executor(None, self.workers.start)
+            await self.http.stop()
         if self.task_hub is not None:
             self.invoker.durable_client = client_binding(
                 f"http://127.0.0.1:{self.http.port}", self.task_hub.hub, self.settings.function_key

@@ -91,7 +91,8 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "FUNCTIONS_WORKER_PROCESS_COUNT": (
         "1",
         f"processes that serve HTTP triggers on the one port (1 to {MAX_WORKER_PROCESSES}); "
-        "timers, blob, Service Bus and Durable work run in the first one only",
+        "above 1 they are started beside the first process, which then keeps the timers, "
+        "blob, Service Bus and Durable work and answers no HTTP",
     ),
     "PYTHON_SCRIPT_FILE_NAME": ("function_app.py", "the app's entry module file"),
     "DEVHOST_BLOB_POLL_INTERVAL_S": (

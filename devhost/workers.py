@@ -1,10 +1,12 @@
-"""More processes for the HTTP triggers: ``FUNCTIONS_WORKER_PROCESS_COUNT`` processes answer on
-the one port, each with its own interpreter, so requests are not served one core at a time.
+"""Processes for the HTTP triggers: with ``FUNCTIONS_WORKER_PROCESS_COUNT`` above 1, that many
+processes answer on the one port, each with its own interpreter, so requests are not served
+one core at a time.
 
-The first process (``run``) serves everything. Each other one serves HTTP only: the app's
-routes and the Durable management API (whose work the first process's engine picks up from
-the task hub). Timers, blob polling and Service Bus triggers run in the first process alone,
-so a timer fires once and a message has one consumer, as with the Functions host.
+Each of them serves HTTP only: the app's routes and the Durable management API (whose work
+the first process's engine picks up from the task hub). The first process (``run``) takes the
+port, starts them, hands the port over and keeps the timers, blob polling, Service Bus
+triggers and the Durable engine, so a timer fires once and a message has one consumer, as
+with the Functions host, and that work never delays an answer.
 
 Every process listens with ``SO_REUSEPORT``, so the kernel spreads new connections over them.
 """
@@ -151,8 +153,8 @@ async def serve_http_only(
         hub = TaskHub(database_url, settings.durable_hub)
         await hub.open()
         # Never run here: it names the orchestrators for the API. Limitation: a start or an
-        # event queued through a worker waits for the first process's engine to look at the
-        # hub (DEVHOST_DURABLE_POLL_INTERVAL_S, 0.1 s), where one queued there wakes it at once.
+        # event queued here waits for the first process's engine to look at the hub
+        # (DEVHOST_DURABLE_POLL_INTERVAL_S, 0.1 s); with one process the API wakes it at once.
         engine = DurableEngine(app, hub, invoker, workers=1)
         http.add_routes(DurableApi(hub, engine).routes())
     stop = asyncio.Event()
