@@ -134,15 +134,16 @@ class DevHost:
             created = await self.poller.ensure_containers()
             if created:
                 log.info("created containers: %s", ", ".join(created))
-        await self.http.start()
         if self.settings.http_processes > 1:
-            # Worker processes answer HTTP on the port just taken; this one hands it over and
-            # keeps the triggers, so their work does not delay any answer.
+            # Worker processes answer HTTP; this one keeps the triggers, so that their work
+            # never delays an answer.
             self.workers = HttpWorkers(
-                self.app.script_path.parent, self.http.port, self.settings.http_processes
+                self.app.script_path.parent, self.settings.http_port, self.settings.http_processes
             )
             await asyncio.get_running_loop().run_in_executor(None, self.workers.start)
-            await self.http.stop()
+            self.http.port = self.workers.port
+        else:
+            await self.http.start()
         if self.task_hub is not None:
             self.invoker.durable_client = client_binding(
                 f"http://127.0.0.1:{self.http.port}", self.task_hub.hub, self.settings.function_key

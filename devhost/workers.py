@@ -3,8 +3,8 @@ processes answer on the one port, each with its own interpreter, so requests are
 one core at a time.
 
 Each of them serves HTTP only: the app's routes and the Durable management API (whose work
-the first process's engine picks up from the task hub). The first process (``run``) takes the
-port, starts them, hands the port over and keeps the timers, blob polling, Service Bus
+the first process's engine picks up from the task hub). The first process (``run``) holds the
+port (bound, not listening) until they listen, and keeps the timers, blob polling, Service Bus
 triggers and the Durable engine, so a timer fires once and a message has one consumer, as
 with the Functions host, and that work never delays an answer.
 
@@ -21,6 +21,7 @@ import logging
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -34,6 +35,7 @@ from devhost.errors import ServiceError
 from devhost.http_server import HttpServer
 from devhost.invoke import Invoker
 from devhost.logs import setup_console_logging
+from devhost.services import LOOPBACK
 from devhost.settings import HostSettings, read_host_json
 
 log = logging.getLogger(__name__)
@@ -56,7 +58,7 @@ class HttpWorkers:
 
     def __init__(self, app_dir: Path, port: int, count: int) -> None:
         self._app_dir = app_dir
-        self._port = port
+        self.port = port
         self._count = count
         self._procs: list[subprocess.Popen[bytes]] = []
 
@@ -66,11 +68,18 @@ class HttpWorkers:
         return [p.pid for p in self._procs if p.poll() is None]
 
     def start(self) -> None:
-        """Start the workers and return once each one listens.
+        """Start the workers and return once each one listens; ``port`` then says where
+        (port 0 picks a free one).
+
+        The port is held meanwhile by a socket that is bound but does not listen, so no
+        connection lands on it and no other program takes the port.
 
         Raises:
-            ServiceError: a worker exited or did not listen within 60 s; none is left running.
+            ServiceError: the port is taken, or a worker exited or did not listen within 60 s;
+                none is left running.
         """
+        holder = _hold_port(self.port)
+        self.port = int(holder.getsockname()[1])
         pipes = []
         try:
             for _ in range(self._count):
@@ -88,6 +97,7 @@ class HttpWorkers:
         finally:
             for read_fd in pipes:
                 os.close(read_fd)
+            holder.close()
         log.info("HTTP worker processes listening", extra={"pids": self.pids})
 
     def stop(self, *, grace_s: float) -> None:
@@ -108,10 +118,24 @@ class HttpWorkers:
     def _spawn(self, ready_fd: int) -> subprocess.Popen[bytes]:
         args = [
             sys.executable, "-m", "devhost.workers",
-            "--app-dir", str(self._app_dir), "--port", str(self._port),
+            "--app-dir", str(self._app_dir), "--port", str(self.port),
             "--parent", str(os.getpid()), "--ready-fd", str(ready_fd),
         ]  # fmt: skip
         return subprocess.Popen(args, pass_fds=(ready_fd,), start_new_session=False)
+
+
+def _hold_port(port: int) -> socket.socket:
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        holder.bind((LOOPBACK, port))
+    except OSError as exc:
+        holder.close()
+        raise ServiceError(
+            f"cannot listen on {LOOPBACK}:{port} ({exc.strerror}); is another host running? "
+            "Choose another port with --port"
+        ) from None
+    return holder
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], read_fd: int) -> None:
