@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ TARGET_ACCEPTED_PER_S = 1_000.0
 TARGET_CEILING_SHARE = 0.25
 TARGET_P99_AT_RATE_MS = 50.0
 TARGET_APPLIED_PER_S = 1_000.0
+# The billing consumer's function, which --pause-consumer disables.
+CONSUMER = "stripe_events_received"
 
 
 # -- The load generator (its own process) -----------------------------------------------------
@@ -61,68 +64,146 @@ def percentile(sorted_values: list[float], share: float) -> float:
     return sorted_values[rank - 1]
 
 
-async def load(options: argparse.Namespace) -> dict[str, Any]:
-    """Send the requests; ``--rate`` paces them (open loop), otherwise as fast as answered."""
-    import aiohttp
+def build_requests(options: argparse.Namespace) -> tuple[list[bytes], list[str | None]]:
+    """Every request as the bytes sent on the wire, signed now (before the clock starts),
+    and the event id each one carries (None for the ceiling's GET)."""
+    url = urllib.parse.urlsplit(options.url)
+    head = f"{options.method} {url.path}{'?' + url.query if url.query else ''} HTTP/1.1\r\n"
+    head += f"Host: {url.netloc}\r\n"
+    if not options.events_file:
+        request = (head + "\r\n").encode()
+        return [request] * options.count, [None] * options.count
+    with open(options.events_file, encoding="utf-8") as lines:
+        every = [json.loads(line).encode() for line in lines]
+    bodies = every[options.start : options.start + options.count]
+    requests, ids = [], []
+    for body in bodies:
+        headers = (
+            f"Stripe-Signature: {signature(body, options.secret)}\r\n"
+            "Content-Type: application/json; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        requests.append((head + headers).encode() + body)
+        ids.append(json.loads(body)["id"])
+    return requests, ids
 
-    bodies: list[bytes | None]
-    if options.events_file:
-        with open(options.events_file, encoding="utf-8") as lines:
-            every = [json.loads(line).encode() for line in lines]
-        bodies = list(every[options.start : options.start + options.count])
-    else:
-        bodies = [None] * options.count
-    latencies: list[float] = [0.0] * len(bodies)
-    statuses: list[int] = [0] * len(bodies)
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection that sends a request, reads its answer (status,
+    Content-Length, body) and reports it; the lean client the benchmark measures with."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._transport: asyncio.Transport | None = None
+        self._answer: asyncio.Future[tuple[int, bytes]] | None = None
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self.ready.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._answer is not None and not self._answer.done():
+            self._answer.set_exception(ConnectionError(f"connection lost: {exc}"))
+
+    async def request(self, raw: bytes) -> tuple[int, bytes]:
+        assert self._transport is not None
+        self._answer = asyncio.get_running_loop().create_future()
+        self._transport.write(raw)
+        return await self._answer
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        end = self._buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = bytes(self._buffer[:end]).decode("latin-1").split("\r\n")
+        length = 0
+        for line in head[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value)
+            elif name.strip().lower() == "transfer-encoding" and self._answer is not None:
+                self._answer.set_exception(RuntimeError("the client reads Content-Length only"))
+                return
+        if len(self._buffer) < end + 4 + length:
+            return
+        body = bytes(self._buffer[end + 4 : end + 4 + length])
+        del self._buffer[: end + 4 + length]
+        if self._answer is not None:
+            self._answer.set_result((int(head[0].split(" ", 2)[1]), body))
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
+async def load(options: argparse.Namespace) -> dict[str, Any]:
+    """Send the requests; ``--rate`` paces them (open loop), otherwise as fast as answered.
+
+    Requests are built and signed, and the connections opened, before the clock starts. A
+    paced request's latency counts from the moment it was due, so waiting for a free
+    connection is counted too.
+    """
+    requests, ids = build_requests(options)
+    latencies: list[float] = [0.0] * len(requests)
+    statuses: list[int] = [0] * len(requests)
     accepted: list[str] = []
+    url = urllib.parse.urlsplit(options.url)
+    loop = asyncio.get_running_loop()
+    connections: list[_Connection] = []
+    for _ in range(options.connections):
+        _, protocol = await loop.create_connection(_Connection, url.hostname, url.port)
+        await protocol.ready
+        connections.append(protocol)
+    free: asyncio.Queue[_Connection] = asyncio.Queue()
+    for connection in connections:
+        free.put_nowait(connection)
+
+    async def send(n: int, due: float) -> None:
+        connection = await free.get()
+        try:
+            status, answer = await connection.request(requests[n])
+        finally:
+            free.put_nowait(connection)
+        latencies[n] = time.perf_counter() - due
+        statuses[n] = status
+        event_id = ids[n]
+        if status == 200 and event_id is not None and b'"received": true' in answer:
+            accepted.append(event_id)
+
     next_index = 0
 
-    async def send(session: aiohttp.ClientSession, n: int) -> None:
-        body = bodies[n]
-        headers = {}
-        if body is not None:
-            headers = {
-                "Stripe-Signature": signature(body, options.secret),
-                "Content-Type": "application/json; charset=utf-8",
-            }
-        started = time.perf_counter()
-        async with session.request(options.method, options.url, data=body, headers=headers) as r:
-            answer = await r.read()
-        latencies[n] = time.perf_counter() - started
-        statuses[n] = r.status
-        if r.status == 200 and body is not None and b'"received": true' in answer:
-            accepted.append(json.loads(body)["id"])
-
-    async def worker(session: aiohttp.ClientSession) -> None:
+    async def worker() -> None:
         nonlocal next_index
-        while next_index < len(bodies):
+        while next_index < len(requests):
             n = next_index
             next_index += 1
-            await send(session, n)
+            await send(n, time.perf_counter())
 
-    connector = aiohttp.TCPConnector(limit=options.connections)
-    timeout = aiohttp.ClientTimeout(total=120)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        first_send = time.time()
-        started = time.perf_counter()
-        if options.rate:
-            interval = 1.0 / options.rate
-            pending = set()
-            for n in range(len(bodies)):
-                delay = started + n * interval - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                pending.add(asyncio.ensure_future(send(session, n)))
-            await asyncio.gather(*pending)
-        else:
-            await asyncio.gather(*(worker(session) for _ in range(options.connections)))
-        seconds = time.perf_counter() - started
+    first_send = time.time()
+    started = time.perf_counter()
+    if options.rate:
+        interval = 1.0 / options.rate
+        pending = []
+        for n in range(len(requests)):
+            due = started + n * interval
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            pending.append(asyncio.ensure_future(send(n, due)))
+        await asyncio.gather(*pending)
+    else:
+        await asyncio.gather(*(worker() for _ in range(options.connections)))
+    seconds = time.perf_counter() - started
+    for connection in connections:
+        connection.close()
     ordered = sorted(latencies)
     counts: dict[str, int] = {}
     for status in statuses:
         counts[str(status)] = counts.get(str(status), 0) + 1
     return {
-        "requests": len(bodies),
+        "requests": len(requests),
         "seconds": seconds,
         "first_send": first_send,
         "statuses": counts,
@@ -260,6 +341,17 @@ def main() -> None:
     parser.add_argument("--rate-seconds", type=float, default=10.0)
     parser.add_argument("--customers", type=int, default=500)
     parser.add_argument(
+        "--processes",
+        type=int,
+        default=2,
+        help="devhost processes serving HTTP (FUNCTIONS_WORKER_PROCESS_COUNT)",
+    )
+    parser.add_argument(
+        "--pause-consumer",
+        action="store_true",
+        help="leave the billing consumer off, to measure intake alone (no billing figures)",
+    )
+    parser.add_argument(
         "--apply-budget",
         type=float,
         default=600.0,
@@ -288,7 +380,10 @@ def main() -> None:
                 "DEVHOST_DATA_DIR": str(work / "devhost"),
                 "STRIPE_WEBHOOK_SECRETS": SECRET,
                 "STRIPE_LIVEMODE": "false",
+                "FUNCTIONS_WORKER_PROCESS_COUNT": str(options.processes),
             }
+            if options.pause_consumer:
+                env[f"AzureWebJobs.{CONSUMER}.Disabled"] = "true"
             os.environ.update(env)
             run(options, work, env, pg.url)
     finally:
@@ -316,8 +411,9 @@ def run(options: argparse.Namespace, work: Path, env: dict[str, str], database_u
         window = ["--start", str(options.events), "--count", str(paced)]
         paced_run = run_load([*stripe, *window, "--rate", str(options.rate), *common])
         intake_done, intake_done_at = applied_count(database_url), time.time()
+        budget = 0.0 if options.pause_consumer else options.apply_budget
         applied, applied_at = wait_applied(
-            database_url, options.events + paced, intake["first_send"] + options.apply_budget
+            database_url, options.events + paced, intake["first_send"] + budget
         )
     except BaseException:
         print("devhost log, last lines:\n" + (work / "devhost.log").read_text()[-6000:])
@@ -329,7 +425,16 @@ def run(options: argparse.Namespace, work: Path, env: dict[str, str], database_u
     )
 
     accepted = intake["accepted"] + paced_run["accepted"]
+    errors = [
+        line for line in (work / "devhost.log").read_text().splitlines() if " ERROR " in line
+    ]
+    for line in errors[:5]:
+        print(f"devhost error ({len(errors)} in all): {line[:300]}")
     print(f"{options.events + paced:,} generated Stripe events, {mean_size:,.0f} bytes on average")
+    consumer = (
+        "PAUSED: intake measured alone" if options.pause_consumer else "running beside intake"
+    )
+    print(f"devhost HTTP processes: {options.processes}; billing consumer {consumer}")
     print(
         f"{'case':<44} {'requests':>9} {'200':>7} {'seconds':>8} {'per s':>8}"
         f" {'p50 ms':>7} {'p99 ms':>7}"
@@ -344,6 +449,9 @@ def run(options: argparse.Namespace, work: Path, env: dict[str, str], database_u
             f"{label:<44} {result['requests']:>9,} {ok:>7,} {result['seconds']:>8.2f}"
             f" {ok / result['seconds']:>8,.0f} {result['p50_ms']:>7.1f} {result['p99_ms']:>7.1f}"
         )
+        others = {status: n for status, n in result["statuses"].items() if status != "200"}
+        if others:
+            print(f"{'':<44} other answers: {others}")
     applied_seconds = applied_at - intake["first_send"]
     drained = applied - intake_done
     drain_seconds = max(applied_at - intake_done_at, 1e-9)
@@ -462,6 +570,8 @@ def consumer_alone(
         for start in range(0, len(messages), 1000):
             broker.send(STRIPE_EVENTS_QUEUE, messages[start : start + 1000])
 
+    # The consumer runs here even when the intake was measured with it paused.
+    env = {k: v for k, v in env.items() if k != f"AzureWebJobs.{CONSUMER}.Disabled"}
     devhost = start_devhost(work, env, port)
     try:
         live_at, cpu_at_live = time.time(), cpu_seconds(devhost.pid)

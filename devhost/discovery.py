@@ -148,7 +148,7 @@ def load_app(
         functions = registers[0].get_functions()
     except Exception as exc:
         raise AppLoadError(f"indexing the functions of {script} failed: {exc}") from exc
-    specs = tuple(_spec(f) for f in functions)
+    specs = tuple(_spec(f, os.environ) for f in functions)
     return LoadedApp(script_path=script, module_name=module_name, functions=specs)
 
 
@@ -178,7 +178,23 @@ def plain(value: Any) -> Any:
     return value
 
 
-def _spec(function: Function) -> FunctionSpec:
+def disabled_setting(name: str) -> str:
+    """The app setting that switches a function off: ``AzureWebJobs.<name>.Disabled``."""
+    return f"AzureWebJobs.{name}.Disabled"
+
+
+# Limitation: a disabled HTTP function answers 501 naming the setting; the Functions host
+# answers 404 (and still runs it for a caller with the master key).
+def _disabled(name: str, environ: Mapping[str, str]) -> bool:
+    # "true" or "1", in any case. The devhost also reads ``AzureWebJobs_<name>_Disabled``,
+    # as a shell cannot export a name with dots.
+    for setting in (disabled_setting(name), f"AzureWebJobs_{name}_Disabled"):
+        if environ.get(setting, "").strip().lower() in ("true", "1"):
+            return True
+    return False
+
+
+def _spec(function: Function, environ: Mapping[str, str]) -> FunctionSpec:
     name = str(function.get_function_name())
     raw_trigger = function.get_trigger()
     if raw_trigger is None:
@@ -192,7 +208,11 @@ def _spec(function: Function) -> FunctionSpec:
         trigger=trigger,
         bindings=bindings,
         user_function=function.get_user_function(),
-        unserved=_unserved_reason(trigger_type, trigger, bindings),
+        unserved=(
+            f"disabled by the setting {disabled_setting(name)}"
+            if _disabled(name, environ)
+            else _unserved_reason(trigger_type, trigger, bindings)
+        ),
     )
 
 

@@ -101,7 +101,13 @@ class HttpServer:
             application, access_log=None, handle_signals=False, shutdown_timeout=HTTP_SHUTDOWN_S
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, LOOPBACK, self._settings.http_port)
+        # With more than one process on the port, each listens with SO_REUSEPORT.
+        site = web.TCPSite(
+            self._runner,
+            LOOPBACK,
+            self._settings.http_port,
+            reuse_port=self._settings.http_processes > 1 or None,
+        )
         try:
             await site.start()
         except OSError as exc:

@@ -142,6 +142,9 @@ class Invoker:
             max_workers=thread_count, thread_name_prefix="devhost-function"
         )
         self._function_directory = function_directory
+        # Whether each function takes ``context``, by name: reading a signature costs more
+        # than the rest of an invocation's set-up.
+        self._wants_context: dict[str, bool] = {}
         # The Durable client binding value, passed to functions that declare one.
         self.durable_client: str | None = None
 
@@ -169,7 +172,10 @@ class Invoker:
         kwargs: dict[str, Any] = {spec.trigger_name: trigger_value, **(extra or {})}
         if spec.durable_client and self.durable_client is not None:
             kwargs[spec.durable_client] = self.durable_client
-        if _wants_context(spec):
+        wants_context = self._wants_context.get(spec.name)
+        if wants_context is None:
+            wants_context = self._wants_context[spec.name] = _wants_context(spec)
+        if wants_context:
             kwargs["context"] = InvocationContext(
                 invocation_id=invocation_id,
                 function_name=spec.name,

@@ -47,6 +47,12 @@ def setup_console_logging(level: str = "INFO") -> None:
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # The console line shows none of the caller's file and line, thread or process, which
+    # logging otherwise works out for every record (a walk up the stack, a system call).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     # The storage SDK logs every HTTP request at INFO; the poller makes many.
     logging.getLogger("azure").setLevel(logging.WARNING)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

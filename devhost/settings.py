@@ -47,6 +47,8 @@ DEFAULT_BUS_MAX_CONCURRENT_CALLS = 16 * (os.cpu_count() or 1)
 DEFAULT_BUS_MAX_CONCURRENT_SESSIONS = 8
 DEFAULT_BUS_MAX_LOCK_RENEWAL_S = 300.0
 DEFAULT_BUS_MAX_MESSAGE_BATCH_SIZE = 1000
+# The Functions host takes 1 to 10 language worker processes.
+MAX_WORKER_PROCESSES = 10
 
 # name -> (default, meaning); the README and local.settings.example.json list the same.
 SETTINGS: dict[str, tuple[str, str]] = {
@@ -86,6 +88,12 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "PYTHON_THREADPOOL_THREAD_COUNT": (
         "min(32, cores + 4)",
         "threads that run sync functions",
+    ),
+    "FUNCTIONS_WORKER_PROCESS_COUNT": (
+        "1",
+        f"processes that serve HTTP triggers on the one port (1 to {MAX_WORKER_PROCESSES}); "
+        "above 1 they are started beside the first process, which then keeps the timers, "
+        "blob, Service Bus and Durable work and answers no HTTP",
     ),
     "PYTHON_SCRIPT_FILE_NAME": ("function_app.py", "the app's entry module file"),
     "DEVHOST_BLOB_POLL_INTERVAL_S": (
@@ -245,6 +253,7 @@ class HostSettings:
     master_key: str = DEFAULT_MASTER_KEY
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     thread_count: int = min(32, (os.cpu_count() or 1) + 4)
+    http_processes: int = 1
     blob_poll_interval_s: float = DEFAULT_BLOB_POLL_INTERVAL_S
     blob_max_attempts: int = DEFAULT_BLOB_MAX_ATTEMPTS
     blob_retry_backoff_s: float = DEFAULT_BLOB_RETRY_BACKOFF_S
@@ -285,6 +294,7 @@ class HostSettings:
             master_key=env.get("DEVHOST_MASTER_KEY") or DEFAULT_MASTER_KEY,
             max_body_bytes=env_int(env, "FUNCTIONS_REQUEST_BODY_SIZE_LIMIT", base.max_body_bytes),
             thread_count=env_int(env, "PYTHON_THREADPOOL_THREAD_COUNT", base.thread_count),
+            http_processes=_process_count(env),
             blob_poll_interval_s=env_float(
                 env, "DEVHOST_BLOB_POLL_INTERVAL_S", base.blob_poll_interval_s
             ),
@@ -348,6 +358,16 @@ class ServiceSettings:
                 env, "DEVHOST_AZURITE_QUEUE_PORT", AZURITE_QUEUE_DEFAULT_PORT
             ),
         )
+
+
+def _process_count(env: Mapping[str, str]) -> int:
+    count = env_int(env, "FUNCTIONS_WORKER_PROCESS_COUNT", 1)
+    if count > MAX_WORKER_PROCESSES:
+        raise ConfigError(
+            f"setting FUNCTIONS_WORKER_PROCESS_COUNT must be at most {MAX_WORKER_PROCESSES},"
+            f" not {count}"
+        )
+    return count
 
 
 def env_int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 1) -> int:

@@ -189,6 +189,12 @@ def consumer_span(
         yield format(context.trace_id, "032x") if context.trace_id else None
 
 
+def _tracing() -> bool:
+    # Until a tracer provider is set (Application Insights, or the tests' in-memory one),
+    # spans record nothing; a hot path then skips making them.
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
 @contextmanager
 def consumer_batch_span(
     name: str, traceparents: Sequence[str | None], attributes: Mapping[str, str | int]
@@ -227,6 +233,9 @@ def request_span(name: str, traceparent: str, attributes: Mapping[str, str]) -> 
 
     With telemetry off, the span records nothing and ``traceparent`` is yielded unchanged.
     """
+    if not _tracing():
+        yield traceparent
+        return
     tracer = trace.get_tracer(_TRACER)
     with tracer.start_as_current_span(
         name,
@@ -265,6 +274,9 @@ def database_span(operation: str) -> Iterator[None]:
     calls made through the Azure SDKs and ``requests`` get their spans from its own
     instrumentations once ``configure`` has switched it on.
     """
+    if not _tracing():
+        yield
+        return
     tracer = trace.get_tracer(_TRACER)
     with tracer.start_as_current_span(
         f"postgres {operation}",

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 _pool: ConnectionPool | None = None
 _pool_lock = threading.Lock()
+# Runs of a lone statement that the server rolls back (deadlock, serialization failure).
+SINGLE_STATEMENT_ATTEMPTS = 3
 
 
 def _configure(conn: psycopg.Connection) -> None:
@@ -121,23 +123,56 @@ def pipelined_transaction() -> Iterator[psycopg.Connection]:
 def single_statement(query: str, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
     """Run one statement in a transaction of its own and return its first row (or None).
 
-    The BEGIN, the statement and the COMMIT go to the server together (pipeline mode), so
-    the whole transaction costs one round trip; the row is read after the commit. See
+    The statement runs in autocommit: the server wraps it in a transaction of its own and
+    commits it before it says the statement is done, so the row is returned only once it is
+    committed, at one round trip and without the client-side cost of BEGIN and COMMIT. See
     ``transaction`` for work that needs to read between statements.
 
+    A statement the server rolled back as a deadlock victim or for a serialization failure
+    ran alone in its transaction, so nothing of it remains: it is run again, up to
+    ``SINGLE_STATEMENT_ATTEMPTS`` times in all.
+
     Raises:
-        UpstreamError: the database could not be reached (retryable).
+        UpstreamError: the database could not be reached, or the statement was rolled back
+            every time (retryable).
     """
-    try:
-        with telemetry.database_span("transaction"), pool().connection() as conn:
-            with conn.pipeline(), conn.transaction():
-                cursor = conn.execute(query, params)
-            return cursor.fetchone()
-    except psycopg.OperationalError as exc:
-        log.error("postgres unavailable: %s", exc, extra={"system": "postgres"})
-        raise UpstreamError(
-            "the database is unavailable", provider="postgres", retryable=True
-        ) from exc
+    for attempt in range(1, SINGLE_STATEMENT_ATTEMPTS + 1):
+        try:
+            return _run_alone(query, params)
+        except psycopg.OperationalError as exc:
+            # SQLSTATE class 40: the server rolled the transaction back (40P01, 40001).
+            rolled_back = (exc.sqlstate or "").startswith("40")
+            if rolled_back and attempt < SINGLE_STATEMENT_ATTEMPTS:
+                log.warning(
+                    "statement rolled back (%s); running it again",
+                    exc.sqlstate,
+                    extra={"system": "postgres", "attempt": attempt},
+                )
+                continue
+            if rolled_back:
+                log.error(
+                    "statement rolled back every time: %s", exc, extra={"system": "postgres"}
+                )
+                raise UpstreamError(
+                    "the database rolled the statement back", provider="postgres", retryable=True
+                ) from exc
+            log.error("postgres unavailable: %s", exc, extra={"system": "postgres"})
+            raise UpstreamError(
+                "the database is unavailable", provider="postgres", retryable=True
+            ) from exc
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _run_alone(query: str, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    with telemetry.database_span("transaction"), pool().connection() as conn:
+        conn.autocommit = True
+        try:
+            return conn.execute(query, params).fetchone()
+        finally:
+            # The pool's other users expect transactions; a broken connection is discarded
+            # by the pool whatever its mode.
+            if not conn.closed:
+                conn.autocommit = False
 
 
 # -- The portal API's connections ---------------------------------------------------------

@@ -179,3 +179,29 @@ class TestFunctionIndex:
         (tmp_path / "function_app.py").write_text("raise RuntimeError('broken on import')\n")
         with pytest.raises(AppLoadError, match="RuntimeError: broken on import"):
             load_app(tmp_path, module_name="devhost_broken_app")
+
+
+class TestDisabledFunctions:
+    def test_a_disabled_function_is_left_unserved_and_says_which_setting(
+        self, tmp_path, monkeypatch
+    ):
+        (tmp_path / "function_app.py").write_text(
+            "import azure.functions as func\n"
+            "app = func.FunctionApp()\n"
+            "@app.route(route='on', auth_level=func.AuthLevel.ANONYMOUS)\n"
+            "def on(req): return 'on'\n"
+            "@app.route(route='off', auth_level=func.AuthLevel.ANONYMOUS)\n"
+            "def off(req): return 'off'\n"
+            "@app.timer_trigger(schedule='0 * * * * *', arg_name='timer')\n"
+            "def beat(timer): pass\n"
+        )
+        monkeypatch.setenv("AzureWebJobs.off.Disabled", "true")
+        monkeypatch.setenv("AzureWebJobs_beat_Disabled", "1")
+        monkeypatch.setenv("AzureWebJobs.on.Disabled", "false")
+        app = load_app(tmp_path, module_name="devhost_disabled_app")
+        specs = {spec.name: spec for spec in app.functions}
+
+        assert specs["off"].unserved == "disabled by the setting AzureWebJobs.off.Disabled"
+        assert specs["beat"].unserved == "disabled by the setting AzureWebJobs.beat.Disabled"
+        assert specs["on"].served
+        assert app.by_trigger("timerTrigger") == []

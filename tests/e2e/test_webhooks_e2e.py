@@ -6,11 +6,15 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import psycopg
+import pytest
 
 from tests.conftest import CORPUS
-from tests.e2e.conftest import QUICKBOOKS_TOKEN, STRIPE_SECRET, App
+from tests.e2e.conftest import QUICKBOOKS_TOKEN, STRIPE_SECRET, App, Devhost
 from tests.webhook_support import intuit_signature, stripe_event, stripe_header
 
 
@@ -70,3 +74,45 @@ def test_a_quickbooks_notification_queues_one_message_per_change(app: App):
             "1269959970:Customer:43:Create:2016-10-05T03:07:04.000Z",
         ],
     )
+
+
+@pytest.fixture(scope="module")
+def two_process_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
+    host = Devhost(tmp_path_factory.mktemp("devhost-2p"), FUNCTIONS_WORKER_PROCESS_COUNT="2")
+    try:
+        yield host.start()
+    finally:
+        host.stop()
+
+
+def test_two_processes_record_and_queue_each_event_once(two_process_app: App):
+    # One event delivered five times at once, beside fifty others, each on its own
+    # connection: the kernel spreads them over both processes.
+    repeated = stripe_event(customer="cus_twoprocesses")
+    others = [stripe_event(customer=f"cus_{n % 5}") for n in range(50)]
+    bodies = [repeated] * 5 + others
+
+    def deliver(body: bytes) -> tuple[int, Any]:
+        headers = {"Stripe-Signature": stripe_header(body, secret=STRIPE_SECRET)}
+        return two_process_app.call(
+            "POST", "/api/webhooks/stripe", body, key=None, headers=headers
+        )
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        answers = list(pool.map(deliver, bodies))
+
+    assert all(status == 200 for status, _ in answers), answers
+    repeated_answers = [answer["duplicate"] for _, answer in answers[:5]]
+    assert sorted(repeated_answers) == [False, True, True, True, True]
+    assert all(answer == {"received": True, "duplicate": False} for _, answer in answers[5:])
+    for body in [repeated, *others]:
+        event_id = json.loads(body)["id"]
+        # Answered 200, so committed: in the inbox once, its one message handed to the broker.
+        assert recorded(two_process_app, "stripe", event_id) == (1, [event_id])
+    with psycopg.connect(two_process_app.database_url) as conn:
+        queued = conn.execute(
+            "SELECT count(*) FROM local_broker.sent_ids WHERE queue = 'stripe-events'"
+            " AND message_id = ANY(%s)",
+            ([json.loads(b)["id"] for b in [repeated, *others]],),
+        ).fetchone()
+    assert queued == (51,)

@@ -36,7 +36,21 @@ def record(function: str, **seen: Any) -> int:
         return sum(1 for c in CALLS[function] if c.get("key") == seen.get("key"))
 
 
+def note_process(kind: str) -> None:
+    """Append ``<kind> <pid>`` to the file ``FX_PROCESS_LOG`` names, when it is set: which
+    process ran what, across the host's processes."""
+    path = os.environ.get("FX_PROCESS_LOG")
+    if path:
+        with open(path, "a", encoding="utf-8") as log:
+            log.write(f"{kind} {os.getpid()}\n")
+
+
 # -- HTTP -------------------------------------------------------------------------------
+
+
+@app.route(route="pid", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def process_id(req: func.HttpRequest) -> func.HttpResponse:
+    return func.HttpResponse(str(os.getpid()))
 
 
 @app.route(route="hello/{name?}", methods=["GET", "POST"], auth_level=func.AuthLevel.ANONYMOUS)
@@ -174,6 +188,7 @@ def blob_params(blob: func.InputStream) -> None:
 
 @app.timer_trigger(schedule="%FX_TICK_SCHEDULE%", arg_name="timer", run_on_startup=False)
 def tick(timer: func.TimerRequest) -> None:
+    note_process("tick")
     record("tick", past_due=timer.past_due, status=dict(timer.schedule_status), kind=type(timer))
 
 
@@ -210,6 +225,7 @@ def _message(msg: func.ServiceBusMessage) -> dict[str, Any]:
 
 @app.service_bus_queue_trigger(arg_name="msg", queue_name="fx-orders", connection="FxServiceBus")
 def bus_orders(msg: func.ServiceBusMessage, context: func.Context) -> None:
+    note_process("bus")
     record("bus_orders", retry=context.retry_context.retry_count, **_message(msg))
 
 

@@ -1,0 +1,117 @@
+"""``FUNCTIONS_WORKER_PROCESS_COUNT``: several processes answer HTTP on one port, while timers
+and Service Bus triggers run in the first process only, which answers no HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from devhost.errors import ConfigError
+from devhost.services import REPO_ROOT, free_port
+from devhost.settings import HostSettings
+from tests.devhost.conftest import FIXTURE_APP_DIR, MIGRATIONS_DIR, wait_for
+
+
+def _lines(path: Path, kind: str) -> list[int]:
+    if not path.exists():
+        return []
+    return [
+        int(line.split()[1]) for line in path.read_text().splitlines() if line.split()[0] == kind
+    ]
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_two_processes_share_the_port_and_only_the_first_runs_timers_and_consumers(
+    tmp_path: Path,
+):
+    ports = {name: free_port() for name in ("http", "pg", "blob", "queue")}
+    process_log = tmp_path / "processes.log"
+    env = {k: v for k, v in os.environ.items() if k not in ("AzureWebJobsStorage", "DATABASE_URL")}
+    env.update(
+        {
+            "DEVHOST_DATA_DIR": str(tmp_path / "local"),
+            "DEVHOST_PG_PORT": str(ports["pg"]),
+            "DEVHOST_AZURITE_BLOB_PORT": str(ports["blob"]),
+            "DEVHOST_AZURITE_QUEUE_PORT": str(ports["queue"]),
+            "DEVHOST_BUS_POLL_INTERVAL_S": "0.1",
+            "FUNCTIONS_WORKER_PROCESS_COUNT": "2",
+            "FX_TICK_SCHEDULE": "* * * * * *",
+            "FX_PROCESS_LOG": str(process_log),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    args = ["run", "--port", str(ports["http"]), "--migrations", str(MIGRATIONS_DIR)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "devhost", "--app-dir", str(FIXTURE_APP_DIR), *args],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.extend(iter(proc.stdout.readline, "")))
+    reader.start()
+    try:
+        wait_for(
+            lambda: any("ready in" in line for line in output) or proc.poll() is not None,
+            90,
+            "the devhost to be ready",
+        )
+        assert proc.poll() is None, "".join(output)
+
+        # Each request opens a connection of its own; the kernel spreads them over both.
+        answered: set[int] = set()
+        for _ in range(200):
+            with urllib.request.urlopen(f"http://127.0.0.1:{ports['http']}/api/pid") as resp:
+                answered.add(int(resp.read()))
+            if len(answered) == 2:
+                break
+        assert len(answered) == 2, answered
+        assert proc.pid not in answered
+
+        for n in range(5):
+            sent = subprocess.run(
+                [sys.executable, "-m", "devhost", "--app-dir", str(FIXTURE_APP_DIR), "bus",
+                 "send", "fx-orders", f'{{"n": {n}}}', "--id", f"workers-{n}"],
+                cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+            assert sent.returncode == 0, sent.stderr
+        wait_for(lambda: len(_lines(process_log, "bus")) >= 5, 30, "the messages to be handled")
+        wait_for(lambda: len(_lines(process_log, "tick")) >= 3, 30, "three timer ticks")
+
+        assert set(_lines(process_log, "bus")) == {proc.pid}
+        assert len(_lines(process_log, "bus")) == 5
+        assert set(_lines(process_log, "tick")) == {proc.pid}
+
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+        assert not any(_running(pid) for pid in answered)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join(timeout=10)
+
+
+def test_process_count_is_limited_as_the_functions_host_limits_it():
+    assert HostSettings.from_env({"FUNCTIONS_WORKER_PROCESS_COUNT": "10"}).http_processes == 10
+    assert HostSettings.from_env({}).http_processes == 1
+    with pytest.raises(ConfigError, match="FUNCTIONS_WORKER_PROCESS_COUNT must be at most 10"):
+        HostSettings.from_env({"FUNCTIONS_WORKER_PROCESS_COUNT": "11"})
+    with pytest.raises(ConfigError, match="FUNCTIONS_WORKER_PROCESS_COUNT must be at least 1"):
+        HostSettings.from_env({"FUNCTIONS_WORKER_PROCESS_COUNT": "0"})
