@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import uuid
 
@@ -19,6 +20,7 @@ from shared.config import (
 )
 from shared.errors import NotFound
 from shared.services import audit, clients, ledger_import
+from tests.conftest import REPO
 
 SIMPLE_CSV = (
     "Date,Description,Amount\n"
@@ -133,6 +135,72 @@ def test_an_overlapping_later_export_adds_only_the_new_rows(services, client_id)
     held = ledger(services, client_id)
     assert held["bank_rows"] == 6
     assert held["bank_total"] == 24100 + 250000 - 450
+
+
+EARLIER_EXPORT = (
+    "Date,Description,Amount\n"
+    "2026-03-01,Opening deposit,1000.00\n"
+    "2026-03-02,Coffee shop,-4.50\n"
+    "2026-03-02,Coffee shop,-4.50\n"
+    "2026-03-05,Office rent,-750.00\n"
+)
+LATER_EXPORT = (
+    "Date,Description,Amount\n"
+    "2026-03-02,Coffee shop,-4.50\n"
+    "2026-03-02,Coffee shop,-4.50\n"
+    "2026-03-05,Office rent,-750.00\n"
+    "2026-03-06,Client payment,2500.00\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "new_in_second"),
+    [(EARLIER_EXPORT, LATER_EXPORT, 1), (LATER_EXPORT, EARLIER_EXPORT, 1)],
+    ids=["earlier-then-later", "later-then-earlier"],
+)
+def test_overlapping_exports_add_only_their_new_rows_in_either_order(
+    services, client_id, first, second, new_in_second
+):
+    ledger_import.import_blob(drop(client_id, "first.csv", first))
+    outcome = ledger_import.import_blob(drop(client_id, "second.csv", second))
+
+    assert (outcome.report["imported"], outcome.report["duplicates_skipped"]) == (
+        new_in_second,
+        3,
+    )
+    held = ledger(services, client_id)
+    assert held["bank_rows"] == 5
+    assert held["bank_total"] == 100000 - 450 - 450 - 75000 + 250000
+    assert held["unbalanced"] == 0
+
+
+def test_rows_keyed_before_dated_keys_still_dedupe(services, client_id):
+    """Rows imported while keys were 'row:<hash>:<n>' are rekeyed by migration 0015, and
+    a re-import or an overlapping later export of their file then adds only new rows."""
+    ledger_import.import_blob(drop(client_id, "old.csv", EARLIER_EXPORT))
+    migration = (REPO / "migrations" / "0015_dated_row_keys.sql").read_text()
+    with psycopg.connect(services["DATABASE_URL"]) as conn:
+        # Put the keys back in their old form, as an import before 0015 wrote them.
+        conn.execute("ALTER TABLE bank_transactions DISABLE TRIGGER bank_transactions_fixed")
+        old_keys = conn.execute(
+            "UPDATE bank_transactions SET dedupe_key = 'row:' || substr(dedupe_key, 14)"
+            " WHERE client_id = %s RETURNING dedupe_key",
+            (client_id,),
+        ).fetchall()
+        conn.execute("ALTER TABLE bank_transactions ENABLE TRIGGER bank_transactions_fixed")
+        assert all(re.fullmatch(r"row:[A-Za-z0-9+/]{24}:[0-9]+", k) for (k,) in old_keys)
+        conn.execute(migration)
+        rekeyed = conn.execute(
+            "SELECT dedupe_key FROM bank_transactions WHERE client_id = %s", (client_id,)
+        ).fetchall()
+    assert all(re.fullmatch(r"row:2026030[0-9]:[A-Za-z0-9+/]{24}:[0-9]+", k) for (k,) in rekeyed)
+
+    again = ledger_import.import_blob(drop(client_id, "old-again.csv", EARLIER_EXPORT))
+    later = ledger_import.import_blob(drop(client_id, "later.csv", LATER_EXPORT))
+
+    assert (again.report["imported"], again.report["duplicates_skipped"]) == (0, 4)
+    assert (later.report["imported"], later.report["duplicates_skipped"]) == (1, 3)
+    assert ledger(services, client_id)["bank_rows"] == 5
 
 
 def test_rejects_a_file_with_a_bad_row_and_writes_nothing(services, client_id):
