@@ -331,13 +331,15 @@ def _apply_run(events: Sequence[Any], *, pipelined: bool) -> tuple[ApplyOutcome,
             envelopes.append(_Envelope.parse(event))
         except InvalidEvent as exc:
             raise _Stopped(index, exc) from exc
-    with postgres.pipelined_transaction() if pipelined else postgres.transaction() as conn:
-        try:
+    # A pipelined statement's error can surface as late as the pipeline's end or the
+    # commit, when no answer after it was read: it is unattributed there as well.
+    try:
+        with postgres.pipelined_transaction() if pipelined else postgres.transaction() as conn:
             return _apply_envelopes(conn, envelopes, pipelined)
-        except psycopg.Error as exc:
-            if pipelined and not isinstance(exc, psycopg.OperationalError):
-                raise _Unattributed() from exc
-            raise
+    except psycopg.Error as exc:
+        if pipelined and not isinstance(exc, psycopg.OperationalError):
+            raise _Unattributed() from exc
+        raise
 
 
 def _apply_envelopes(

@@ -1057,3 +1057,31 @@ def test_a_run_cut_by_a_crash_and_delivered_again_posts_each_effect_once(
     assert [o.status for o in again.applied[:40]] == ["duplicate"] * 40
     assert {o.status for o in again.applied[40:]} <= {"applied", "ignored"}
     _same_books(services, run_books, reference)
+
+
+
+def test_a_server_refusal_no_later_answer_shows_stops_the_run_at_its_event(
+    services: dict[str, str], account: str
+) -> None:
+    """Events that post nothing leave no answer to read after their statements: the
+    server's refusal then surfaces only at the commit, and still names its event."""
+    books = books_of(services, account)
+    before = {**corpus("srm__customer.created.json", account), "id": "evt_before"}
+    bad = copy.deepcopy({**before, "id": "evt_nul_metadata"})
+    bad["data"]["object"]["id"] = "cus_other"
+    # Python may hold it; the jsonb column refuses it.
+    bad["data"]["object"]["metadata"] = {"note": "x\x00y"}
+    recorded = "SELECT count(*) FROM stripe_events WHERE books_client_id = %s"
+
+    run = billing.apply_events([before, bad])
+
+    assert [o.event_id for o in run.applied] == [before["id"]]
+    assert isinstance(run.error, billing.EventRejected)
+    assert str(run.error).startswith(f"event {bad['id']} holds data the database cannot store: ")
+    assert count(services, recorded, books) == 1
+    with pytest.raises(billing.EventRejected, match="^event evt_nul_metadata holds data"):
+        billing.apply_event(bad)
+    assert count(services, recorded, books) == 1
+    assert mirror(services, "stripe_customers", books) == {
+        before["data"]["object"]["id"]: ("active", before["id"])
+    }
