@@ -331,15 +331,32 @@ def _apply_run(events: Sequence[Any], *, pipelined: bool) -> tuple[ApplyOutcome,
             envelopes.append(_Envelope.parse(event))
         except InvalidEvent as exc:
             raise _Stopped(index, exc) from exc
-    # A pipelined statement's error can surface as late as the pipeline's end or the
-    # commit, when no answer after it was read: it is unattributed there as well.
     try:
         with postgres.pipelined_transaction() if pipelined else postgres.transaction() as conn:
-            return _apply_envelopes(conn, envelopes, pipelined)
+            try:
+                outcomes = _apply_envelopes(conn, envelopes, pipelined)
+                if pipelined:
+                    # Every answer is in before the commit, so that a refused statement
+                    # surfaces here, not as the transaction's end.
+                    with conn.pipeline() as pipeline:
+                        pipeline.sync()
+            except psycopg.Error as exc:
+                if pipelined and _refused(exc):
+                    raise _Unattributed() from exc
+                raise
+            return outcomes
     except psycopg.Error as exc:
-        if pipelined and not isinstance(exc, psycopg.OperationalError):
+        # Refused as it committed (a deferred check).
+        if pipelined and _refused(exc):
             raise _Unattributed() from exc
         raise
+
+
+def _refused(exc: psycopg.Error) -> bool:
+    """Whether the server refused a statement for what it holds, which running it again will
+    not change (not a lost connection, a deadlock or a shutdown)."""
+    program_limit = (exc.sqlstate or "").startswith("54")
+    return program_limit or not isinstance(exc, psycopg.OperationalError)
 
 
 def _apply_envelopes(
@@ -397,10 +414,11 @@ def _event_errors(index: int, envelope: _Envelope, pipelined: bool) -> Iterator[
     try:
         yield
     except psycopg.Error as exc:
-        if pipelined or isinstance(exc, psycopg.OperationalError):
+        if pipelined or not _refused(exc):
             raise
-        if isinstance(exc, psycopg.errors.DataError):
-            # Text Postgres cannot hold (a NUL character) can never be stored: no retry helps.
+        if isinstance(exc, psycopg.errors.DataError) or isinstance(exc, psycopg.OperationalError):
+            # Text Postgres cannot hold (a NUL character), or a value beyond its limits (an
+            # id too long for an index entry), can never be stored: no retry helps.
             reason = exc.diag.message_primary or str(exc)
             rejected = EventRejected(
                 envelope.id, f"event {envelope.id} holds data the database cannot store: {reason}"

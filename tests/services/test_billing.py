@@ -1085,3 +1085,35 @@ def test_a_server_refusal_no_later_answer_shows_stops_the_run_at_its_event(
     assert mirror(services, "stripe_customers", books) == {
         before["data"]["object"]["id"]: ("active", before["id"])
     }
+
+
+
+@pytest.mark.parametrize("field", ["event", "object"])
+def test_an_id_too_long_for_an_index_is_rejected_by_name_not_retried(
+    services: dict[str, str], account: str, field: str
+) -> None:
+    """Postgres refuses an index entry over about 2.7 kB as a program limit: no retry helps,
+    so the event is rejected like text it cannot hold, with the events before it kept."""
+    books = books_of(services, account)
+    before = {**corpus("srm__invoice.paid.json", account), "id": "evt_before"}
+    bad = copy.deepcopy({**corpus("srm__customer.created.json", account), "id": "evt_long"})
+    # Random letters, so that the server cannot compress the entry below its limit.
+    long_id = "".join(random.Random(7).choices("abcdefghijklmnopqrstuvwxyz0123456789", k=12000))
+    if field == "event":
+        bad["id"] = f"evt_{long_id}"
+    else:
+        bad["data"]["object"]["id"] = f"cus_{long_id}"
+    behind = {**corpus("srm__customer.created.json", account), "id": "evt_behind"}
+
+    run = billing.apply_events([before, bad, behind])
+
+    assert [o.event_id for o in run.applied] == [before["id"]]
+    assert isinstance(run.error, billing.EventRejected)
+    assert str(run.error).startswith(f"event {bad['id']} holds data the database cannot store: ")
+    assert (
+        count(services, "SELECT count(*) FROM stripe_events WHERE books_client_id = %s", books)
+        == 1
+    )
+    with pytest.raises(billing.EventRejected):
+        billing.apply_event(bad)
+    assert billing.apply_events([behind]).applied[0].status == "applied"
