@@ -61,6 +61,8 @@ log = logging.getLogger(__name__)
 
 # How long stopping waits for functions still running before it leaves them.
 STOP_GRACE_S = 10.0
+# How often the first process checks that its HTTP worker processes are still running.
+WORKER_CHECK_S = 1.0
 DATA_DIR_LOCK_FILE = "devhost.lock"
 
 
@@ -142,6 +144,7 @@ class DevHost:
             )
             await asyncio.get_running_loop().run_in_executor(None, self.workers.start)
             self.http.port = self.workers.port
+            self._tasks.append(asyncio.create_task(self._keep_workers(self.workers)))
         else:
             await self.http.start()
         if self.task_hub is not None:
@@ -160,6 +163,20 @@ class DevHost:
             self._tasks.append(
                 asyncio.create_task(TimerRunner(jobs, self.invoker).run(self._stop))
             )
+
+    async def _keep_workers(self, workers: HttpWorkers) -> None:
+        """Start a new HTTP worker process in place of one that died, until stopped."""
+        loop = asyncio.get_running_loop()
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), WORKER_CHECK_S)
+            if self._stop.is_set():
+                return
+            try:
+                await loop.run_in_executor(None, workers.replace_exited)
+            except ServiceError as exc:
+                if not self._stop.is_set():
+                    log.error("%s; trying again", exc)
 
     async def _start_durable(self) -> None:
         """Open the task hub, serve its management API, and run orchestrations."""

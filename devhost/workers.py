@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,6 +62,9 @@ class HttpWorkers:
         self.port = port
         self._count = count
         self._procs: list[subprocess.Popen[bytes]] = []
+        # Guards ``_procs`` and ``_stopping`` between ``replace_exited`` and ``stop``.
+        self._lock = threading.Lock()
+        self._stopping = False
 
     @property
     def pids(self) -> list[int]:
@@ -100,8 +104,42 @@ class HttpWorkers:
             holder.close()
         log.info("HTTP worker processes listening", extra={"pids": self.pids})
 
+    def replace_exited(self) -> list[int]:
+        """Start a new worker in place of each one that exited while the host runs, as the
+        Functions host restarts a language worker that died; return the exited ones' ids.
+
+        Raises:
+            ServiceError: a new worker exited or did not listen within 60 s (the next call
+                tries again).
+        """
+        gone: list[int] = []
+        while True:
+            with self._lock:
+                exited = next((p for p in self._procs if p.poll() is not None), None)
+                if self._stopping or exited is None:
+                    return gone
+                log.error(
+                    "HTTP worker process %s exited (code %s); starting another",
+                    exited.pid,
+                    exited.returncode,
+                )
+                gone.append(exited.pid)
+                read_fd, write_fd = os.pipe()
+                try:
+                    replacement = self._spawn(write_fd)
+                finally:
+                    os.close(write_fd)
+                self._procs[self._procs.index(exited)] = replacement
+            try:
+                _wait_ready(replacement, read_fd)
+            finally:
+                os.close(read_fd)
+            log.info("HTTP worker process %s listening", replacement.pid)
+
     def stop(self, *, grace_s: float) -> None:
         """Ask every worker to stop (SIGTERM); kill those still running after ``grace_s``."""
+        with self._lock:
+            self._stopping = True
         for proc in self._procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

@@ -4,6 +4,7 @@ and Service Bus triggers run in the first process only, which answers no HTTP.""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -115,3 +116,76 @@ def test_process_count_is_limited_as_the_functions_host_limits_it():
         HostSettings.from_env({"FUNCTIONS_WORKER_PROCESS_COUNT": "11"})
     with pytest.raises(ConfigError, match="FUNCTIONS_WORKER_PROCESS_COUNT must be at least 1"):
         HostSettings.from_env({"FUNCTIONS_WORKER_PROCESS_COUNT": "0"})
+
+
+def test_an_http_process_that_dies_is_replaced_and_every_process_stops_with_the_host(
+    tmp_path: Path,
+):
+    ports = {name: free_port() for name in ("http", "pg", "blob", "queue")}
+    env = {k: v for k, v in os.environ.items() if k not in ("AzureWebJobsStorage", "DATABASE_URL")}
+    env.update(
+        {
+            "DEVHOST_DATA_DIR": str(tmp_path / "local"),
+            "DEVHOST_PG_PORT": str(ports["pg"]),
+            "DEVHOST_AZURITE_BLOB_PORT": str(ports["blob"]),
+            "DEVHOST_AZURITE_QUEUE_PORT": str(ports["queue"]),
+            "FUNCTIONS_WORKER_PROCESS_COUNT": "2",
+            "FX_PROCESS_LOG": str(tmp_path / "processes.log"),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    args = ["run", "--port", str(ports["http"]), "--migrations", str(MIGRATIONS_DIR)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "devhost", "--app-dir", str(FIXTURE_APP_DIR), *args],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.extend(iter(proc.stdout.readline, "")))
+    reader.start()
+
+    def answering(count: int) -> set[int]:
+        pids: set[int] = set()
+        for _ in range(200):
+            with urllib.request.urlopen(f"http://127.0.0.1:{ports['http']}/api/pid") as resp:
+                pids.add(int(resp.read()))
+            if len(pids) == count:
+                break
+        return pids
+
+    try:
+        wait_for(
+            lambda: any("ready in" in line for line in output) or proc.poll() is not None,
+            90,
+            "the devhost to be ready",
+        )
+        assert proc.poll() is None, "".join(output)
+        first = answering(2)
+        assert len(first) == 2, first
+
+        dead = min(first)
+        os.kill(dead, signal.SIGKILL)
+        wait_for(
+            lambda: any(f"HTTP worker process {dead} exited" in line for line in output),
+            30,
+            "the host to see its worker die",
+        )
+        wait_for(
+            lambda: any(re.search(r"HTTP worker process \d+ listening", ln) for ln in output),
+            90,
+            "a new worker to listen",
+        )
+        now = answering(2)
+        assert len(now) == 2 and dead not in now and proc.pid not in now, now
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        assert not any(_running(pid) for pid in now)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join(timeout=10)
