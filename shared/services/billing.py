@@ -416,7 +416,7 @@ def _event_errors(index: int, envelope: _Envelope, pipelined: bool) -> Iterator[
     except psycopg.Error as exc:
         if pipelined or not _refused(exc):
             raise
-        if isinstance(exc, psycopg.errors.DataError) or isinstance(exc, psycopg.OperationalError):
+        if isinstance(exc, (psycopg.errors.DataError, psycopg.OperationalError)):
             # Text Postgres cannot hold (a NUL character), or a value beyond its limits (an
             # id too long for an index entry), can never be stored: no retry helps.
             reason = exc.diag.message_primary or str(exc)

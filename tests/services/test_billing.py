@@ -1059,7 +1059,6 @@ def test_a_run_cut_by_a_crash_and_delivered_again_posts_each_effect_once(
     _same_books(services, run_books, reference)
 
 
-
 def test_a_server_refusal_no_later_answer_shows_stops_the_run_at_its_event(
     services: dict[str, str], account: str
 ) -> None:
@@ -1079,13 +1078,12 @@ def test_a_server_refusal_no_later_answer_shows_stops_the_run_at_its_event(
     assert isinstance(run.error, billing.EventRejected)
     assert str(run.error).startswith(f"event {bad['id']} holds data the database cannot store: ")
     assert count(services, recorded, books) == 1
-    with pytest.raises(billing.EventRejected, match="^event evt_nul_metadata holds data"):
+    with pytest.raises(billing.EventRejected, match=r"^event evt_nul_metadata holds data"):
         billing.apply_event(bad)
     assert count(services, recorded, books) == 1
     assert mirror(services, "stripe_customers", books) == {
         before["data"]["object"]["id"]: ("active", before["id"])
     }
-
 
 
 @pytest.mark.parametrize("field", ["event", "object"])
