@@ -28,7 +28,7 @@ from psycopg import sql
 from shared.adapters import postgres
 from shared.config import get_settings
 from shared.domain.money import exponent, normalise_currency
-from shared.errors import Conflict, NotFound, ValidationError
+from shared.errors import Conflict, NotFound, UpstreamError, ValidationError
 from shared.services import audit, clients, engagements
 
 log = logging.getLogger(__name__)
@@ -273,6 +273,10 @@ class BatchOutcome:
     error: Exception | None = None
 
 
+# Runs of a run of events that the server rolls back (deadlock, serialization failure).
+RUN_ATTEMPTS = 3
+
+
 class _Stopped(Exception):
     """An event of a run failed; the run's transaction must roll back."""
 
@@ -304,14 +308,16 @@ def apply_events(events: Sequence[Any]) -> BatchOutcome:
         The outcomes of the events applied, and the error that stopped the run, if any.
 
     Raises:
-        UpstreamError: the database failed; nothing of the run is known to be applied, and
-            applying it again is safe (every effect is keyed).
+        UpstreamError: the database failed (a run rolled back as a deadlock victim is first
+            applied again, ``RUN_ATTEMPTS`` times in all); nothing of the run is known to be
+            applied, and applying it again is safe (every effect is keyed).
         psycopg.Error: the run failed as it committed (an unbalanced entry); apply its events
             one at a time to find which.
     """
     run = list(events)
     error: Exception | None = None
     pipelined = True
+    rolled_back = 0
     while True:
         try:
             return BatchOutcome(_apply_run(run, pipelined=pipelined), error)
@@ -320,6 +326,20 @@ def apply_events(events: Sequence[Any]) -> BatchOutcome:
         except _Unattributed:
             # Run it again statement by statement: a failing statement then names its event.
             pipelined = False
+        except UpstreamError as exc:
+            # A run holds its objects' locks until it commits, so two sessions' runs can wait
+            # for each other (a charge's refunds, and the refunds' own events); the server
+            # then rolls one back, and nothing of it was kept.
+            cause = exc.__cause__
+            sqlstate = cause.sqlstate if isinstance(cause, psycopg.Error) else None
+            rolled_back += 1
+            if not (sqlstate or "").startswith("40") or rolled_back >= RUN_ATTEMPTS:
+                raise
+            log.warning(
+                "billing run rolled back by the database (%s); applying it again",
+                sqlstate,
+                extra={"attempt": rolled_back, "events": len(run)},
+            )
 
 
 def _apply_run(events: Sequence[Any], *, pipelined: bool) -> tuple[ApplyOutcome, ...]:

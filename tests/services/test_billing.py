@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import random
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -1115,3 +1116,88 @@ def test_an_id_too_long_for_an_index_is_rejected_by_name_not_retried(
     with pytest.raises(billing.EventRejected):
         billing.apply_event(bad)
     assert billing.apply_events([behind]).applied[0].status == "applied"
+
+
+def test_runs_of_two_sessions_that_deadlock_on_refunds_are_both_applied(
+    services: dict[str, str], account: str
+) -> None:
+    """A run holds the locks of every object it claims until it commits, so a customer's run
+    (a charge with two refunds inside) and the account's run (the two refunds' own events,
+    in the other order) can each wait for the other. The server rolls one back; it is run
+    again instead of failing its whole batch."""
+    books = books_of(services, account)
+    refunds = [
+        se.refund(
+            f"re_dl{n}",
+            charge_id="ch_dl",
+            currency="usd",
+            amount=100,
+            created=1_700_000_000,
+            status="succeeded",
+        )
+        for n in (1, 2)
+    ]
+    charge = se.charge(
+        "ch_dl",
+        customer="cus_1",
+        currency="usd",
+        amount=300,
+        created=1_699_999_000,
+        invoice_id=None,
+        refunds=refunds,
+    )
+    customer_run = [
+        se.event("charge.refunded", charge, event_id="evt_dl_c", created=10, account=account)
+    ]
+    account_run = [
+        se.event(
+            "charge.refund.updated",
+            {**refund, "status": "failed"},
+            event_id=f"evt_dl_{refund['id']}",
+            created=20,
+            account=account,
+        )
+        for refund in reversed(refunds)
+    ]
+    waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+    results: dict[str, object] = {}
+
+    def deliver(name: str, run: list[dict[str, Any]]) -> None:
+        try:
+            results[name] = billing.apply_events(run)
+        except Exception as exc:  # noqa: BLE001 - the test reports it
+            results[name] = exc
+
+    with psycopg.connect(services["DATABASE_URL"]) as holder:
+        # The first refund's lock is held, so that each run takes its locks in a known order:
+        # the customer's run holds the charge and waits for it, the account's run holds the
+        # second refund and waits behind.
+        holder.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"stripe:{account}:re_dl1",)
+        )
+        threads = {
+            "customer": threading.Thread(target=deliver, args=("customer", customer_run)),
+            "account": threading.Thread(target=deliver, args=("account", account_run)),
+        }
+        for waiters, name in enumerate(("customer", "account"), start=1):
+            threads[name].start()
+            deadline = time.monotonic() + 30
+            while count(services, waiting) < waiters:
+                assert time.monotonic() < deadline, f"the {name} run never waited"
+                time.sleep(0.05)
+        # Both have waited past deadlock_timeout before the cycle closes, so the server finds
+        # it when the customer's run waits for the second refund.
+        timeout = holder.execute(
+            "SELECT extract(epoch FROM current_setting('deadlock_timeout')::interval)"
+        ).fetchone()
+        assert timeout is not None
+        time.sleep(float(timeout[0]) * 1.5)
+        holder.commit()
+        for thread in threads.values():
+            thread.join(timeout=60)
+
+    assert all(
+        isinstance(r, billing.BatchOutcome) and r.error is None for r in results.values()
+    ), results
+    # A sale of 300, both refunds sent and returned.
+    assert balances(books) == {("1200", USD): 300, ("4000", USD): -300}
