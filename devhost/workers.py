@@ -163,17 +163,29 @@ class HttpWorkers:
 
 
 def _hold_port(port: int) -> socket.socket:
-    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    # SO_REUSEADDR, as asyncio's listeners set it, so that the connections a host closed
+    # just before (TIME_WAIT) do not keep the port from the next one. The port is first
+    # bound without SO_REUSEPORT: another program listening with it (another devhost with
+    # several processes) would otherwise share the port and get half of the connections.
+    with _port_socket(port, share=False):
+        pass
+    return _port_socket(port, share=True)
+
+
+def _port_socket(port: int, *, share: bool) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
-        holder.bind((LOOPBACK, port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if share:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((LOOPBACK, port))
     except OSError as exc:
-        holder.close()
+        sock.close()
         raise ServiceError(
             f"cannot listen on {LOOPBACK}:{port} ({exc.strerror}); is another host running? "
             "Choose another port with --port"
         ) from None
-    return holder
+    return sock
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], read_fd: int) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -14,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from devhost.errors import ConfigError
+from devhost.errors import ConfigError, ServiceError
 from devhost.services import REPO_ROOT, free_port
 from devhost.settings import HostSettings
+from devhost.workers import HttpWorkers, _hold_port
 from tests.devhost.conftest import FIXTURE_APP_DIR, MIGRATIONS_DIR, wait_for
 
 
@@ -189,3 +191,42 @@ def test_an_http_process_that_dies_is_replaced_and_every_process_stops_with_the_
             proc.kill()
             proc.wait()
         reader.join(timeout=10)
+
+
+def _server_closed_connection(listener: socket.socket) -> None:
+    """Leave the listener's port with a connection in TIME_WAIT, as a host that answered and
+    then stopped leaves it."""
+    listener.listen()
+    client = socket.create_connection(listener.getsockname())
+    accepted, _ = listener.accept()
+    accepted.close()
+    client.recv(1)
+    client.close()
+    listener.close()
+
+
+def test_the_port_a_single_process_host_just_served_can_be_taken_at_once():
+    listener = socket.socket()
+    # As asyncio listens with one process: SO_REUSEADDR.
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    _server_closed_connection(listener)
+
+    holder = _hold_port(port)
+    assert holder.getsockname()[1] == port
+    holder.close()
+
+
+def test_a_port_another_host_serves_with_several_processes_is_refused(tmp_path: Path):
+    other = socket.socket()
+    other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    other.bind(("127.0.0.1", 0))
+    other.listen()
+    port = other.getsockname()[1]
+    try:
+        with pytest.raises(ServiceError, match=f"cannot listen on 127.0.0.1:{port} "):
+            HttpWorkers(tmp_path, port, 2).start()
+    finally:
+        other.close()
