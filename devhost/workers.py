@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 WORKER_START_TIMEOUT_S = 60.0
 # How often a worker checks that the process that started it is still there.
 PARENT_CHECK_S = 1.0
+# How long a new host waits for the HTTP processes a killed one left to let the port go.
+LEFT_WORKERS_WAIT_S = 3 * PARENT_CHECK_S
 _READY = b"listening\n"
 
 
@@ -167,8 +169,17 @@ def _hold_port(port: int) -> socket.socket:
     # just before (TIME_WAIT) do not keep the port from the next one. The port is first
     # bound without SO_REUSEPORT: another program listening with it (another devhost with
     # several processes) would otherwise share the port and get half of the connections.
-    with _port_socket(port, share=False):
-        pass
+    # The HTTP processes of a host that was killed listen until they see it gone
+    # (``PARENT_CHECK_S``), so a host started again at once waits for them a little.
+    deadline = time.monotonic() + LEFT_WORKERS_WAIT_S
+    while True:
+        try:
+            with _port_socket(port, share=False):
+                break
+        except ServiceError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
     return _port_socket(port, share=True)
 
 

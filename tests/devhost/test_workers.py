@@ -18,7 +18,7 @@ import pytest
 from devhost.errors import ConfigError, ServiceError
 from devhost.services import REPO_ROOT, free_port
 from devhost.settings import HostSettings
-from devhost.workers import HttpWorkers, _hold_port
+from devhost.workers import PARENT_CHECK_S, HttpWorkers, _hold_port
 from tests.devhost.conftest import FIXTURE_APP_DIR, MIGRATIONS_DIR, wait_for
 
 
@@ -230,3 +230,21 @@ def test_a_port_another_host_serves_with_several_processes_is_refused(tmp_path: 
             HttpWorkers(tmp_path, port, 2).start()
     finally:
         other.close()
+
+
+def test_the_port_is_taken_once_the_processes_a_killed_host_left_let_it_go():
+    left = socket.socket()
+    left.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    left.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    left.bind(("127.0.0.1", 0))
+    left.listen()
+    port = left.getsockname()[1]
+    # As an HTTP process closes its socket when it sees its host gone.
+    closer = threading.Timer(PARENT_CHECK_S / 2, left.close)
+    closer.start()
+    try:
+        holder = _hold_port(port)
+    finally:
+        closer.join()
+    assert holder.getsockname()[1] == port
+    holder.close()
