@@ -420,13 +420,7 @@ class BusDispatcher:
         # is ignored); Python functions cannot settle messages themselves here.
         keeper = asyncio.create_task(self._keep_lock(watch, delivery))
         try:
-            await self._invoker.call(
-                watch.spec,
-                _trigger_value(watch, [message]),
-                invocation_id=invocation_id,
-                retry_count=message.delivery_count - 1,
-                max_retry_count=watch.queue.max_delivery_count - 1,
-            )
+            await self._invoke_one(watch, message, invocation_id)
         except asyncio.CancelledError:
             # The host is stopping: give the message back for the next start.
             keeper.cancel()
@@ -444,6 +438,18 @@ class BusDispatcher:
             keeper.cancel()
             fields["settled"] = await delivery.complete()
             log_invocation(watch.spec, invocation_id, started, "ok", **fields)
+
+    async def _invoke_one(
+        self, watch: BusWatch, message: ReceivedMessage, invocation_id: str
+    ) -> None:
+        """Call the function with one message, telling it how often it was tried."""
+        await self._invoker.call(
+            watch.spec,
+            _trigger_value(watch, [message]),
+            invocation_id=invocation_id,
+            retry_count=message.delivery_count - 1,
+            max_retry_count=watch.queue.max_delivery_count - 1,
+        )
 
     async def _process_batch(
         self, watch: BusWatch, source: LocalSource, batch: SessionBatch
@@ -495,13 +501,7 @@ class BusDispatcher:
             invocation_id = new_invocation_id()
             run.ran.append((message, invocation_id, time.monotonic()))
             try:
-                await self._invoker.call(
-                    watch.spec,
-                    _trigger_value(watch, [message]),
-                    invocation_id=invocation_id,
-                    retry_count=message.delivery_count - 1,
-                    max_retry_count=watch.queue.max_delivery_count - 1,
-                )
+                await self._invoke_one(watch, message, invocation_id)
             except asyncio.CancelledError:
                 run.failed = (message.lock_token, "the host stopped", 0.0)
                 raise

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -14,6 +19,7 @@ import pytest
 
 from devhost.discovery import LoadedApp, load_app
 from devhost.services import (
+    REPO_ROOT,
     AzuriteHandle,
     PostgresHandle,
     free_port,
@@ -47,6 +53,66 @@ def wait_for(predicate: Callable[[], T], timeout_s: float = 20.0, what: str = "c
 def unique(prefix: str = "t") -> str:
     """A name no other test uses."""
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@dataclass
+class HostProcess:
+    """``python -m devhost run`` serving the fixture app, and what it printed so far."""
+
+    proc: subprocess.Popen[str]
+    ports: dict[str, int]
+    env: dict[str, str]
+    output: list[str]
+
+    @property
+    def text(self) -> str:
+        return "".join(self.output)
+
+
+@contextmanager
+def devhost_process(
+    tmp_path: Path, settings: dict[str, str], ready_timeout_s: float = 90
+) -> Iterator[HostProcess]:
+    """Start the devhost on free ports with ``settings`` added to its environment, wait until
+    it says it is ready (or has exited), and kill it at the end if it still runs."""
+    ports = {name: free_port() for name in ("http", "pg", "blob", "queue")}
+    env = {k: v for k, v in os.environ.items() if k not in (STORAGE_SETTING, "DATABASE_URL")}
+    env.update(
+        {
+            "DEVHOST_DATA_DIR": str(tmp_path / "local"),
+            "DEVHOST_PG_PORT": str(ports["pg"]),
+            "DEVHOST_AZURITE_BLOB_PORT": str(ports["blob"]),
+            "DEVHOST_AZURITE_QUEUE_PORT": str(ports["queue"]),
+            "PYTHONUNBUFFERED": "1",
+            **settings,
+        }
+    )
+    args = ["run", "--port", str(ports["http"]), "--migrations", str(MIGRATIONS_DIR)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "devhost", "--app-dir", str(FIXTURE_APP_DIR), *args],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output: list[str] = []
+    stdout = proc.stdout
+    assert stdout is not None
+    reader = threading.Thread(target=lambda: output.extend(iter(stdout.readline, "")))
+    reader.start()
+    try:
+        wait_for(
+            lambda: any("ready in" in line for line in output) or proc.poll() is not None,
+            ready_timeout_s,
+            "the devhost to be ready",
+        )
+        yield HostProcess(proc, ports, env, output)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join(timeout=10)
 
 
 class LoopThread:

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import urllib.request
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from devhost.cli import main
 from devhost.errors import ServiceError
 from devhost.host import _data_dir_lock
 from devhost.services import REPO_ROOT, free_port, port_accepts
-from tests.devhost.conftest import FIXTURE_APP_DIR, MIGRATIONS_DIR, unique, wait_for
+from tests.devhost.conftest import FIXTURE_APP_DIR, devhost_process, unique, wait_for
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -42,37 +41,9 @@ def _receipt_status(database_url: str, blob_name: str) -> str | None:
 
 
 def test_run_serves_the_app_with_its_services_and_ctrl_c_stops_everything(tmp_path: Path):
-    ports = {name: free_port() for name in ("http", "pg", "blob", "queue")}
-    env = {k: v for k, v in os.environ.items() if k not in ("AzureWebJobsStorage", "DATABASE_URL")}
-    env.update(
-        {
-            "DEVHOST_DATA_DIR": str(tmp_path / "local"),
-            "DEVHOST_PG_PORT": str(ports["pg"]),
-            "DEVHOST_AZURITE_BLOB_PORT": str(ports["blob"]),
-            "DEVHOST_AZURITE_QUEUE_PORT": str(ports["queue"]),
-            "DEVHOST_BLOB_POLL_INTERVAL_S": "0.1",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    args = ["run", "--port", str(ports["http"]), "--migrations", str(MIGRATIONS_DIR)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "devhost", "--app-dir", str(FIXTURE_APP_DIR), *args],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    output: list[str] = []
-    reader = threading.Thread(target=lambda: output.extend(iter(proc.stdout.readline, "")))
-    reader.start()
-    try:
-        wait_for(
-            lambda: any("ready in" in line for line in output) or proc.poll() is not None,
-            60,
-            "the devhost to be ready",
-        )
-        text = "".join(output)
+    with devhost_process(tmp_path, {"DEVHOST_BLOB_POLL_INTERVAL_S": "0.1"}, 60) as host:
+        proc, ports, env, output = host.proc, host.ports, host.env, host.output
+        text = host.text
         assert proc.poll() is None, text
         assert "using local.settings.example.json" in text
         assert f"http://127.0.0.1:{ports['http']}/api/hello/{{name?}}" in text
@@ -111,11 +82,6 @@ def test_run_serves_the_app_with_its_services_and_ctrl_c_stops_everything(tmp_pa
 
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        reader.join(timeout=10)
 
     for name, port in ports.items():
         assert not port_accepts(port), f"{name} port {port} still open after Ctrl-C"

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from devhost.errors import ConfigError, ServiceError
-from devhost.services import REPO_ROOT, free_port
+from devhost.services import REPO_ROOT
 from devhost.settings import HostSettings
 from devhost.workers import PARENT_CHECK_S, HttpWorkers, _hold_port
-from tests.devhost.conftest import FIXTURE_APP_DIR, MIGRATIONS_DIR, wait_for
+from tests.devhost.conftest import FIXTURE_APP_DIR, devhost_process, wait_for
 
 
 def _lines(path: Path, kind: str) -> list[int]:
@@ -38,52 +38,33 @@ def _running(pid: int) -> bool:
     return True
 
 
+def _answering(port: int, count: int) -> set[int]:
+    """The pids of the processes answering on ``port``, until ``count`` of them did."""
+    pids: set[int] = set()
+    for _ in range(200):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/pid") as resp:
+            pids.add(int(resp.read()))
+        if len(pids) == count:
+            break
+    return pids
+
+
 def test_two_processes_share_the_port_and_only_the_first_runs_timers_and_consumers(
     tmp_path: Path,
 ):
-    ports = {name: free_port() for name in ("http", "pg", "blob", "queue")}
     process_log = tmp_path / "processes.log"
-    env = {k: v for k, v in os.environ.items() if k not in ("AzureWebJobsStorage", "DATABASE_URL")}
-    env.update(
-        {
-            "DEVHOST_DATA_DIR": str(tmp_path / "local"),
-            "DEVHOST_PG_PORT": str(ports["pg"]),
-            "DEVHOST_AZURITE_BLOB_PORT": str(ports["blob"]),
-            "DEVHOST_AZURITE_QUEUE_PORT": str(ports["queue"]),
-            "DEVHOST_BUS_POLL_INTERVAL_S": "0.1",
-            "FUNCTIONS_WORKER_PROCESS_COUNT": "2",
-            "FX_TICK_SCHEDULE": "* * * * * *",
-            "FX_PROCESS_LOG": str(process_log),
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    args = ["run", "--port", str(ports["http"]), "--migrations", str(MIGRATIONS_DIR)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "devhost", "--app-dir", str(FIXTURE_APP_DIR), *args],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    output: list[str] = []
-    reader = threading.Thread(target=lambda: output.extend(iter(proc.stdout.readline, "")))
-    reader.start()
-    try:
-        wait_for(
-            lambda: any("ready in" in line for line in output) or proc.poll() is not None,
-            90,
-            "the devhost to be ready",
-        )
-        assert proc.poll() is None, "".join(output)
+    settings = {
+        "DEVHOST_BUS_POLL_INTERVAL_S": "0.1",
+        "FUNCTIONS_WORKER_PROCESS_COUNT": "2",
+        "FX_TICK_SCHEDULE": "* * * * * *",
+        "FX_PROCESS_LOG": str(process_log),
+    }
+    with devhost_process(tmp_path, settings) as host:
+        proc, ports, env = host.proc, host.ports, host.env
+        assert proc.poll() is None, host.text
 
         # Each request opens a connection of its own; the kernel spreads them over both.
-        answered: set[int] = set()
-        for _ in range(200):
-            with urllib.request.urlopen(f"http://127.0.0.1:{ports['http']}/api/pid") as resp:
-                answered.add(int(resp.read()))
-            if len(answered) == 2:
-                break
+        answered = _answering(ports["http"], 2)
         assert len(answered) == 2, answered
         assert proc.pid not in answered
 
@@ -104,11 +85,6 @@ def test_two_processes_share_the_port_and_only_the_first_runs_timers_and_consume
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
         assert not any(_running(pid) for pid in answered)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        reader.join(timeout=10)
 
 
 def test_process_count_is_limited_as_the_functions_host_limits_it():
@@ -123,49 +99,15 @@ def test_process_count_is_limited_as_the_functions_host_limits_it():
 def test_an_http_process_that_dies_is_replaced_and_every_process_stops_with_the_host(
     tmp_path: Path,
 ):
-    ports = {name: free_port() for name in ("http", "pg", "blob", "queue")}
-    env = {k: v for k, v in os.environ.items() if k not in ("AzureWebJobsStorage", "DATABASE_URL")}
-    env.update(
-        {
-            "DEVHOST_DATA_DIR": str(tmp_path / "local"),
-            "DEVHOST_PG_PORT": str(ports["pg"]),
-            "DEVHOST_AZURITE_BLOB_PORT": str(ports["blob"]),
-            "DEVHOST_AZURITE_QUEUE_PORT": str(ports["queue"]),
-            "FUNCTIONS_WORKER_PROCESS_COUNT": "2",
-            "FX_PROCESS_LOG": str(tmp_path / "processes.log"),
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    args = ["run", "--port", str(ports["http"]), "--migrations", str(MIGRATIONS_DIR)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "devhost", "--app-dir", str(FIXTURE_APP_DIR), *args],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    output: list[str] = []
-    reader = threading.Thread(target=lambda: output.extend(iter(proc.stdout.readline, "")))
-    reader.start()
+    settings = {
+        "FUNCTIONS_WORKER_PROCESS_COUNT": "2",
+        "FX_PROCESS_LOG": str(tmp_path / "processes.log"),
+    }
 
-    def answering(count: int) -> set[int]:
-        pids: set[int] = set()
-        for _ in range(200):
-            with urllib.request.urlopen(f"http://127.0.0.1:{ports['http']}/api/pid") as resp:
-                pids.add(int(resp.read()))
-            if len(pids) == count:
-                break
-        return pids
-
-    try:
-        wait_for(
-            lambda: any("ready in" in line for line in output) or proc.poll() is not None,
-            90,
-            "the devhost to be ready",
-        )
-        assert proc.poll() is None, "".join(output)
-        first = answering(2)
+    with devhost_process(tmp_path, settings) as host:
+        proc, output = host.proc, host.output
+        assert proc.poll() is None, host.text
+        first = _answering(host.ports["http"], 2)
         assert len(first) == 2, first
 
         dead = min(first)
@@ -180,17 +122,12 @@ def test_an_http_process_that_dies_is_replaced_and_every_process_stops_with_the_
             90,
             "a new worker to listen",
         )
-        now = answering(2)
+        now = _answering(host.ports["http"], 2)
         assert len(now) == 2 and dead not in now and proc.pid not in now, now
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
         assert not any(_running(pid) for pid in now)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        reader.join(timeout=10)
 
 
 def _server_closed_connection(listener: socket.socket) -> None:
