@@ -10,20 +10,26 @@ import pytest
 from shared.importers import parse_file
 
 
+def _records_and_peak(data: io.BytesIO, name: str) -> tuple[int, int]:
+    """Read every record of the file in ``data``; return their count and peak traced bytes."""
+    data.seek(0)
+    tracemalloc.start()
+    try:
+        parsed = parse_file(data, name=name, default_currency="USD")
+        count = sum(1 for _ in parsed.records)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return count, peak
+
+
 def _peak_bytes_reading(rows: int) -> tuple[int, int]:
     """Parse a generated file of ``rows`` rows; return records read and peak traced bytes."""
     data = io.BytesIO()
     data.write(b"Date,Description,Amount\n")
     for i in range(rows):
         data.write(f"2024-01-{1 + i % 28:02d},Payment {i},-{i % 1000}.{i % 100:02d}\n".encode())
-    tracemalloc.start()
-    try:
-        parsed = parse_file(data, name="big.csv", default_currency="USD")
-        count = sum(1 for _ in parsed.records)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    return count, peak
+    return _records_and_peak(data, "big.csv")
 
 
 @pytest.mark.slow
@@ -47,14 +53,7 @@ def _peak_bytes_reading_ofx(transactions: int) -> tuple[int, int]:
             f"<TRNAMT>-{i % 1000}.{i % 100:02d}<FITID>F{i}<NAME>Payment {i}</STMTTRN>\n".encode()
         )
     data.write(b"</BANKTRANLIST></STMTRS></STMTTRNRS></BANKMSGSRSV1></OFX>\n")
-    tracemalloc.start()
-    try:
-        parsed = parse_file(data, name="big.ofx", default_currency="USD")
-        count = sum(1 for _ in parsed.records)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    return count, peak
+    return _records_and_peak(data, "big.ofx")
 
 
 @pytest.mark.slow

@@ -1004,6 +1004,21 @@ def test_a_poison_event_stops_its_run_and_the_events_before_it_are_applied_once(
     assert balances(books) == {("1100", USD): 2000, ("1200", USD): 2000, ("4000", USD): -4000}
 
 
+def _assert_stopped_at_unstorable(
+    services: dict[str, str],
+    books: uuid.UUID,
+    run: billing.BatchOutcome,
+    before: dict[str, Any],
+    bad: dict[str, Any],
+) -> None:
+    """The run kept only ``before``, and stopped at ``bad`` as data the database refused."""
+    assert [o.event_id for o in run.applied] == [before["id"]]
+    assert isinstance(run.error, billing.EventRejected)
+    assert str(run.error).startswith(f"event {bad['id']} holds data the database cannot store: ")
+    recorded = "SELECT count(*) FROM stripe_events WHERE books_client_id = %s"
+    assert count(services, recorded, books) == 1
+
+
 def test_text_the_database_cannot_store_stops_a_run_at_its_event(
     services: dict[str, str], account: str
 ) -> None:
@@ -1017,13 +1032,7 @@ def test_text_the_database_cannot_store_stops_a_run_at_its_event(
 
     run = billing.apply_events([before, bad, behind])
 
-    assert [o.event_id for o in run.applied] == [before["id"]]
-    assert isinstance(run.error, billing.EventRejected)
-    assert str(run.error).startswith(f"event {bad['id']} holds data the database cannot store: ")
-    assert (
-        count(services, "SELECT count(*) FROM stripe_events WHERE books_client_id = %s", books)
-        == 1
-    )
+    _assert_stopped_at_unstorable(services, books, run, before, bad)
     assert balances(books) == {("1100", USD): 2000, ("4000", USD): -2000}
 
 
@@ -1075,10 +1084,7 @@ def test_a_server_refusal_no_later_answer_shows_stops_the_run_at_its_event(
 
     run = billing.apply_events([before, bad])
 
-    assert [o.event_id for o in run.applied] == [before["id"]]
-    assert isinstance(run.error, billing.EventRejected)
-    assert str(run.error).startswith(f"event {bad['id']} holds data the database cannot store: ")
-    assert count(services, recorded, books) == 1
+    _assert_stopped_at_unstorable(services, books, run, before, bad)
     with pytest.raises(billing.EventRejected, match=r"^event evt_nul_metadata holds data"):
         billing.apply_event(bad)
     assert count(services, recorded, books) == 1
@@ -1106,13 +1112,7 @@ def test_an_id_too_long_for_an_index_is_rejected_by_name_not_retried(
 
     run = billing.apply_events([before, bad, behind])
 
-    assert [o.event_id for o in run.applied] == [before["id"]]
-    assert isinstance(run.error, billing.EventRejected)
-    assert str(run.error).startswith(f"event {bad['id']} holds data the database cannot store: ")
-    assert (
-        count(services, "SELECT count(*) FROM stripe_events WHERE books_client_id = %s", books)
-        == 1
-    )
+    _assert_stopped_at_unstorable(services, books, run, before, bad)
     with pytest.raises(billing.EventRejected):
         billing.apply_event(bad)
     assert billing.apply_events([behind]).applied[0].status == "applied"
