@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg_pool import ConnectionPool
+from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attempt, wait_random
 
 from shared import telemetry
 from shared.config import PORTAL_API_ROLE, get_settings
@@ -27,6 +28,39 @@ _pool: ConnectionPool | None = None
 _pool_lock = threading.Lock()
 # Runs of a lone statement that the server rolls back (deadlock, serialization failure).
 SINGLE_STATEMENT_ATTEMPTS = 3
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def rolled_back(exc: BaseException) -> bool:
+    """Whether ``exc`` (or the database error behind it) says the server rolled the
+    transaction back: SQLSTATE class 40, a deadlock victim or a serialization failure.
+    Nothing of such a transaction was kept, so running it again is safe."""
+    error = exc if isinstance(exc, psycopg.Error) else exc.__cause__
+    return isinstance(error, psycopg.Error) and (error.sqlstate or "").startswith("40")
+
+
+def _log_rolled_back(state: RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome else None
+    log.warning(
+        "transaction rolled back by the database; running it again: %s",
+        error,
+        extra={"system": "postgres", "attempt": state.attempt_number},
+    )
+
+
+def again_when_rolled_back(attempts: int) -> Callable[[F], F]:
+    """Run the decorated transaction again, up to ``attempts`` runs in all, while the server
+    rolls it back (``rolled_back``); after that its last error is raised as it was."""
+    decorate = retry(
+        retry=retry_if_exception(rolled_back),
+        stop=stop_after_attempt(attempts),
+        # A moment apart, so that two runs that deadlocked do not meet again at once.
+        wait=wait_random(0, 0.05),
+        before_sleep=_log_rolled_back,
+        reraise=True,
+    )
+    return cast(Callable[[F], F], decorate)
 
 
 def _configure(conn: psycopg.Connection) -> None:
@@ -136,33 +170,21 @@ def single_statement(query: str, params: Mapping[str, Any]) -> tuple[Any, ...] |
         UpstreamError: the database could not be reached, or the statement was rolled back
             every time (retryable).
     """
-    for attempt in range(1, SINGLE_STATEMENT_ATTEMPTS + 1):
-        try:
-            return _run_alone(query, params)
-        except psycopg.OperationalError as exc:
-            # SQLSTATE class 40: the server rolled the transaction back (40P01, 40001).
-            rolled_back = (exc.sqlstate or "").startswith("40")
-            if rolled_back and attempt < SINGLE_STATEMENT_ATTEMPTS:
-                log.warning(
-                    "statement rolled back (%s); running it again",
-                    exc.sqlstate,
-                    extra={"system": "postgres", "attempt": attempt},
-                )
-                continue
-            if rolled_back:
-                log.error(
-                    "statement rolled back every time: %s", exc, extra={"system": "postgres"}
-                )
-                raise UpstreamError(
-                    "the database rolled the statement back", provider="postgres", retryable=True
-                ) from exc
-            log.error("postgres unavailable: %s", exc, extra={"system": "postgres"})
+    try:
+        return _run_alone(query, params)
+    except psycopg.OperationalError as exc:
+        if rolled_back(exc):
+            log.error("statement rolled back every time: %s", exc, extra={"system": "postgres"})
             raise UpstreamError(
-                "the database is unavailable", provider="postgres", retryable=True
+                "the database rolled the statement back", provider="postgres", retryable=True
             ) from exc
-    raise AssertionError("unreachable: the last attempt returns or raises")
+        log.error("postgres unavailable: %s", exc, extra={"system": "postgres"})
+        raise UpstreamError(
+            "the database is unavailable", provider="postgres", retryable=True
+        ) from exc
 
 
+@again_when_rolled_back(SINGLE_STATEMENT_ATTEMPTS)
 def _run_alone(query: str, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
     with telemetry.database_span("transaction"), pool().connection() as conn:
         conn.autocommit = True

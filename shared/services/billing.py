@@ -28,7 +28,7 @@ from psycopg import sql
 from shared.adapters import postgres
 from shared.config import get_settings
 from shared.domain.money import exponent, normalise_currency
-from shared.errors import Conflict, NotFound, UpstreamError, ValidationError
+from shared.errors import Conflict, NotFound, ValidationError
 from shared.services import audit, clients, engagements
 
 log = logging.getLogger(__name__)
@@ -317,7 +317,6 @@ def apply_events(events: Sequence[Any]) -> BatchOutcome:
     run = list(events)
     error: Exception | None = None
     pipelined = True
-    rolled_back = 0
     while True:
         try:
             return BatchOutcome(_apply_run(run, pipelined=pipelined), error)
@@ -326,22 +325,12 @@ def apply_events(events: Sequence[Any]) -> BatchOutcome:
         except _Unattributed:
             # Run it again statement by statement: a failing statement then names its event.
             pipelined = False
-        except UpstreamError as exc:
-            # A run holds its objects' locks until it commits, so two sessions' runs can wait
-            # for each other (a charge's refunds, and the refunds' own events); the server
-            # then rolls one back, and nothing of it was kept.
-            cause = exc.__cause__
-            sqlstate = cause.sqlstate if isinstance(cause, psycopg.Error) else None
-            rolled_back += 1
-            if not (sqlstate or "").startswith("40") or rolled_back >= RUN_ATTEMPTS:
-                raise
-            log.warning(
-                "billing run rolled back by the database (%s); applying it again",
-                sqlstate,
-                extra={"attempt": rolled_back, "events": len(run)},
-            )
 
 
+# A run holds its objects' locks until it commits, so two sessions' runs can wait for each
+# other (a charge's refunds, and the refunds' own events); the server then rolls one back,
+# and nothing of it was kept.
+@postgres.again_when_rolled_back(RUN_ATTEMPTS)
 def _apply_run(events: Sequence[Any], *, pipelined: bool) -> tuple[ApplyOutcome, ...]:
     if not events:
         return ()
