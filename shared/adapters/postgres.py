@@ -10,7 +10,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
@@ -108,33 +108,13 @@ def close_pool() -> None:
 
 
 @contextmanager
-def transaction() -> Iterator[psycopg.Connection]:
+def transaction(*, pipelined: bool = False) -> Iterator[psycopg.Connection]:
     """Yield a connection inside one transaction: committed on success, rolled back on error.
 
-    Raises:
-        UpstreamError: the database could not be reached (retryable).
-    """
-    try:
-        with (
-            telemetry.database_span("transaction"),
-            pool().connection() as conn,
-            conn.transaction(),
-        ):
-            yield conn
-    except psycopg.OperationalError as exc:
-        log.error("postgres unavailable: %s", exc, extra={"system": "postgres"})
-        raise UpstreamError(
-            "the database is unavailable", provider="postgres", retryable=True
-        ) from exc
-
-
-@contextmanager
-def pipelined_transaction() -> Iterator[psycopg.Connection]:
-    """As ``transaction``, in pipeline mode: statements go to the server without waiting for
-    each other's answers; reading an answer (``fetchone``) waits for it and those before it.
-
-    An error surfaces when an answer after it is read, or at the commit: for work that can
-    be run again without the pipeline to find which statement failed.
+    With ``pipelined``, in pipeline mode: statements go to the server without waiting for
+    each other's answers, and reading an answer (``fetchone``) waits for it and those before
+    it. An error then surfaces when an answer after it is read, or at the commit: for work
+    that can be run again without the pipeline to find which statement failed.
 
     Raises:
         UpstreamError: the database could not be reached (retryable).
@@ -143,7 +123,7 @@ def pipelined_transaction() -> Iterator[psycopg.Connection]:
         with (
             telemetry.database_span("transaction"),
             pool().connection() as conn,
-            conn.pipeline(),
+            conn.pipeline() if pipelined else nullcontext(),
             conn.transaction(),
         ):
             yield conn

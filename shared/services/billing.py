@@ -341,7 +341,7 @@ def _apply_run(events: Sequence[Any], *, pipelined: bool) -> tuple[ApplyOutcome,
         except InvalidEvent as exc:
             raise _Stopped(index, exc) from exc
     try:
-        with postgres.pipelined_transaction() if pipelined else postgres.transaction() as conn:
+        with postgres.transaction(pipelined=pipelined) as conn:
             try:
                 outcomes = _apply_envelopes(conn, envelopes, pipelined)
                 if pipelined:
