@@ -170,6 +170,12 @@ def get_mapping_profile(client_id: uuid.UUID) -> dict[str, Any]:
     return result
 
 
+def require_client(conn: psycopg.Connection, client_id: uuid.UUID) -> None:
+    """Raise ``NotFound`` naming ``client_id`` when no such client exists."""
+    if conn.execute("SELECT 1 FROM clients WHERE id = %s", (client_id,)).fetchone() is None:
+        raise NotFound(f"client {client_id} does not exist")
+
+
 def add_account(client_id: uuid.UUID, code: str, name: str, kind: str, actor: str) -> int:
     """Add an account to a client's chart and return its id.
 

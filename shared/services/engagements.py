@@ -21,7 +21,7 @@ from shared.adapters import stripe as stripe_adapter
 from shared.config import get_settings
 from shared.domain.engagements import engagement_type, requirement_met_by
 from shared.errors import ConfigError, NotFound, ValidationError
-from shared.services import audit
+from shared.services import audit, clients
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +91,7 @@ def open_engagement_in(
             "period must be 1 to 32 printable characters, such as 2026 or 2026-11"
         )
     engagement_id = engagement_id_for(client_id, type_key, period)
-    if conn.execute("SELECT 1 FROM clients WHERE id = %s", (client_id,)).fetchone() is None:
-        raise NotFound(f"client {client_id} does not exist")
+    clients.require_client(conn, client_id)
     inserted = conn.execute(
         "INSERT INTO engagements (id, client_id, engagement_type, period, instance_id,"
         " fee_minor, currency) VALUES (%s, %s, %s, %s, %s, %s, %s)"

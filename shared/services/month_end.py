@@ -22,7 +22,7 @@ import psycopg
 from shared.adapters import blob, postgres
 from shared.errors import NotFound, ValidationError
 from shared.messaging import QUICKBOOKS_SYNC_QUEUE, OutboundMessage
-from shared.services import audit, outbox, quickbooks_connections
+from shared.services import audit, clients, outbox, quickbooks_connections
 
 CLOSE_REPORTS_CONTAINER = "close-reports"
 ORCHESTRATOR = "month_end_close_v1"
@@ -56,8 +56,7 @@ def instance_id_for(client_id: uuid.UUID, period: str) -> str:
 def bank_accounts(client_id: uuid.UUID) -> list[int]:
     """The client's bank accounts (those the importer created or that hold transactions)."""
     with postgres.transaction() as conn:
-        if conn.execute("SELECT 1 FROM clients WHERE id = %s", (client_id,)).fetchone() is None:
-            raise NotFound(f"client {client_id} does not exist")
+        clients.require_client(conn, client_id)
         rows = conn.execute(
             "SELECT a.id FROM accounts a WHERE a.client_id = %s AND (a.external_ref LIKE 'bank:%%'"
             " OR EXISTS (SELECT 1 FROM bank_transactions t WHERE t.account_id = a.id))"
